@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# cf-gateway launcher: creates .venv on first use, then runs the proxy, the demo, the tests or the benchmarks.
+#
+#   ./run.sh [mitmproxy args...]        proxy (mitmdump) on 0.0.0.0:${HOST_PORT:-3000}
+#   ./run.sh web [mitmproxy args...]    the same with mitmweb (UI on http://127.0.0.1:8081)
+#   ./run.sh demo [mitmproxy args...]   offline: the bundled stand-in gateway + the proxy in front of it
+#   ./run.sh test [pytest args...]      ruff + the whole test suite (also on Python 3.11 + mitmproxy 11 if present)
+#   ./run.sh bench [bench args...]      benchmarks (bench/README.md)
+#
+# Environment: CF_PYTHON picks the interpreter; CF_TEST_PY311=off skips the Python 3.11 test pass.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# Print "<major.minor> <path>" for every working Python 3 interpreter we can find, one per line.
+list_pythons() {
+  local c
+  for c in ${CF_PYTHON:-} python3.14 python3.13 python3.12 python3.11 python3 \
+           "$HOME"/.pyenv/versions/3.*/bin/python3 /usr/local/bin/python3.* /usr/bin/python3.*; do
+    [ -n "$c" ] || continue
+    command -v "$c" >/dev/null 2>&1 || [ -x "$c" ] || continue
+    "$c" -c 'import sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2], sys.executable)' 2>/dev/null || true
+  done
+}
+
+# Newest interpreter with version >= $1 (e.g. 3.12); CF_PYTHON wins if it qualifies.
+pick_python() {
+  local min="$1"
+  list_pythons | awk -v min="$min" '
+    { split($1, v, "."); split(min, m, ".");
+      if (v[1] > m[1] || (v[1] == m[1] && v[2] >= m[2])) print v[1] * 1000 + v[2], $2 }' |
+    { if [ -n "${CF_PYTHON:-}" ]; then head -n 1; else sort -k1,1nr -s | head -n 1; fi } | cut -d' ' -f2-
+}
+
+# ensure_venv DIR PYTHON EXTRAS: create DIR with PYTHON and install the project (+ extras) when pyproject.toml changed.
+ensure_venv() {
+  local dir="$1" py="$2" extras="$3" stamp
+  stamp="$dir/.cf-gateway-$(cksum < pyproject.toml | cut -d' ' -f1)-${extras:-base}"
+  [ -f "$stamp" ] && return 0
+  if [ ! -x "$dir/bin/python" ]; then
+    echo "run.sh: creating $dir with $py ($("$py" --version 2>&1))" >&2
+    "$py" -m venv "$dir"
+  fi
+  echo "run.sh: installing dependencies into $dir (first run only)" >&2
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  # Install the dependencies that pyproject.toml lists (pip evaluates the version markers);
+  # the project itself is not a package: mitmproxy loads addons/cf_gateway.py as a script.
+  "$dir/bin/python" - "$extras" > "$dir/requirements.txt" <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = list(project["dependencies"])
+for extra in filter(None, sys.argv[1].split(",")):
+    deps += project["optional-dependencies"][extra]
+print("\n".join(deps))
+PY
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$dir/requirements.txt" >&2
+  rm -f "$dir"/.cf-gateway-*
+  touch "$stamp"
+}
+
+main_venv() {
+  local extras="${1:-}" py
+  if [ ! -x .venv/bin/python ]; then
+    py="$(pick_python 3.12)"
+    [ -n "$py" ] || py="$(pick_python 3.11)"
+    [ -n "$py" ] || die "no Python >= 3.11 found (set CF_PYTHON=/path/to/python3)"
+  else
+    py=.venv/bin/python
+  fi
+  ensure_venv .venv "$py" "$extras"
+  # A venv made earlier with test extras already has everything the proxy needs.
+}
+
+# Settings that run.sh itself needs: the environment wins over .env.
+read_env() {
+  .venv/bin/python - "$1" "$2" <<'PY'
+import os, sys
+from dotenv import dotenv_values
+name, default = sys.argv[1], sys.argv[2]
+value = os.environ.get(name)
+if value is None:
+    value = dotenv_values(".env").get(name) if os.path.exists(".env") else None
+print(value if value else default)
+PY
+}
+
+proxy_args() {
+  local port base
+  port="$(read_env HOST_PORT 3000)"
+  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] ||
+    die "HOST_PORT must be a port number (1-65535), got '$port'"
+  base="$(read_env CF_BASE_URL https://gateway.ai.cloudflare.com)"
+  # The addon validates CF_BASE_URL and names it if it is malformed; mitmproxy only needs a target here.
+  [[ "$base" =~ ^https?://[^/@?#]+/?$ ]] || base=https://gateway.ai.cloudflare.com
+  # lazy: connect upstream only for a real request, so an unreachable gateway gives a 502, not an empty reply.
+  printf '%s\n' -s addons/cf_gateway.py --mode "reverse:${base%/}@0.0.0.0:${port}" --set connection_strategy=lazy
+}
+
+cmd="${1:-run}"
+case "$cmd" in
+  run|web|demo|test|bench) shift || true ;;
+  -*) cmd=run ;;
+  *) die "unknown command '$cmd' (use: run, web, demo, test, bench, or mitmproxy options)" ;;
+esac
+
+case "$cmd" in
+  run)
+    main_venv
+    mapfile -t args < <(proxy_args)
+    exec .venv/bin/mitmdump "${args[@]}" "$@"
+    ;;
+  web)
+    main_venv
+    mapfile -t args < <(proxy_args)
+    exec .venv/bin/mitmweb --web-host 127.0.0.1 "${args[@]}" "$@"
+    ;;
+  demo)
+    main_venv
+    exec .venv/bin/python tests/demo.py "$@"
+    ;;
+  test)
+    main_venv test
+    echo "== ruff" >&2
+    .venv/bin/ruff check addons tests bench
+    echo "== tests on $(.venv/bin/python --version) + mitmproxy $(.venv/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
+    rc=0
+    .venv/bin/python -m pytest "$@" || rc=$?
+    # CI covers Python 3.11 + mitmproxy 11 too, where a 3.11 is on the machine.
+    py311="$(list_pythons | awk '$1 == "3.11" {print $2; exit}')"
+    if [ "${CF_TEST_PY311:-auto}" != off ] && [ -n "$py311" ] &&
+       [ "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]; then
+      ensure_venv .venv311 "$py311" test
+      echo "== tests on $(.venv311/bin/python --version) + mitmproxy $(.venv311/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
+      .venv311/bin/python -m pytest "$@" || rc=$?
+    fi
+    exit "$rc"
+    ;;
+  bench)
+    main_venv test
+    exec .venv/bin/python bench/bench.py "$@"
+    ;;
+esac

@@ -1,0 +1,162 @@
+"""Start real mitmdump processes with the addon, for end-to-end tests and benchmarks.
+
+Each proxy gets its own confdir (mitmproxy writes its CA there on first start),
+its own working directory (so no stray .env is read), and a clean environment
+(no ACCOUNT_ID etc. inherited from the developer's shell).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addons" / "cf_gateway.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
+GATEWAY_ID = "test-gw"
+CF_ENV = (
+    "ACCOUNT_ID",
+    "GATEWAY_ID",
+    "CF_BASE_URL",
+    "CF_LOG_REQUESTS",
+    "CF_LOG_FORMAT",
+    "CF_RECORD_LIMIT",
+    "CF_AIG_TOKEN",
+    "PROXY_KEYS",
+    "CF_REDACT",
+    "CF_METRICS",
+    "HOST_PORT",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k not in CF_ENV}
+    out.update(env)
+    return out
+
+
+@dataclass
+class Proxy:
+    """A running mitmdump with the addon; ``output()`` is everything it printed so far."""
+
+    proc: subprocess.Popen
+    port: int
+    workdir: Path
+    log_path: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_output(self, needle: str, timeout: float = 10) -> bool:
+        """Wait until the proxy has printed needle (log lines are written after the client got its answer)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def run_mitmdump(
+    args: list[str], env: dict[str, str] | None = None, workdir: Path | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """Run mitmdump to completion (for startup failures): returns exit status and output."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="cfgw-"))
+    return subprocess.run(
+        [str(MITMDUMP), "--set", f"confdir={workdir / 'conf'}", "-s", str(ADDON), *args],
+        cwd=workdir,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_proxy(
+    upstream: str,
+    options: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    workdir: Path | None = None,
+    account_id: str = ACCOUNT_ID,
+    gateway_id: str = GATEWAY_ID,
+    addon: bool = True,
+    reverse_target: str | None = None,
+) -> Proxy:
+    """Start mitmdump in reverse mode in front of ``upstream`` and wait until it listens."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="cfgw-"))
+    port = free_port()
+    opts = {"cf_account_id": account_id, "cf_gateway_id": gateway_id, "cf_base_url": upstream}
+    opts.update(options or {})
+    cmd = [
+        str(MITMDUMP),
+        "--set",
+        f"confdir={workdir / 'conf'}",
+        "--mode",
+        f"reverse:{reverse_target or upstream}@127.0.0.1:{port}",
+        "--set",
+        "connection_strategy=lazy",
+    ]
+    if addon:
+        cmd += ["-s", str(ADDON)]
+        for k, v in opts.items():
+            cmd += ["--set", f"{k}={v}"]
+    cmd += extra_args or []
+    log_path = workdir / "mitmdump.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=clean_env(**(env or {})),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    proxy = Proxy(proc=proc, port=port, workdir=workdir, log_path=log_path)
+    if not wait_for_port(port, proc):
+        proxy.stop()
+        raise RuntimeError(f"mitmdump did not start:\n{proxy.output()}")
+    return proxy

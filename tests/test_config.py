@@ -1,0 +1,157 @@
+"""Option parsers and environment defaults (cfgw.config)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cfgw import config
+
+GOOD_ACCOUNT = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "value", ["", "   ", "0123", "0123456789ABCDEF0123456789ABCDEF", GOOD_ACCOUNT + "0", "g" * 32]
+)
+def test_account_id_rejects(value):
+    with pytest.raises(ValueError):
+        config.parse_account_id(value)
+
+
+def test_account_id_accepts_and_strips():
+    assert config.parse_account_id(f" {GOOD_ACCOUNT}\n") == GOOD_ACCOUNT
+
+
+@pytest.mark.parametrize("value", ["default", "my-gw", "a_b-c_d", "x" * 64, "a1-b2-c3"])
+def test_gateway_id_accepts(value):
+    assert config.parse_gateway_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "My-GW", "a--b", "-a", "a-", "a.b", "a/b", "x" * 65, "bad..id"])
+def test_gateway_id_rejects(value):
+    with pytest.raises(ValueError):
+        config.parse_gateway_id(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", config.Upstream("https", "gateway.ai.cloudflare.com", 443)),
+        ("https://gateway.ai.cloudflare.com", config.Upstream("https", "gateway.ai.cloudflare.com", 443)),
+        ("http://127.0.0.1:8787/", config.Upstream("http", "127.0.0.1", 8787)),
+        ("http://[::1]:9000", config.Upstream("http", "::1", 9000)),
+    ],
+)
+def test_base_url_accepts(value, expected):
+    assert config.parse_base_url(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("ftp://example.com", "http"),
+        ("gateway.ai.cloudflare.com", "http"),
+        ("https://", "no host"),
+        ("https://user:pw@example.com", "credentials"),
+        ("https://example.com/v1", "without path"),
+        ("https://example.com?x=1", "without path"),
+        ("https://example.com:99999", "not a valid URL"),
+    ],
+)
+def test_base_url_rejects(value, problem):
+    with pytest.raises(ValueError, match=problem):
+        config.parse_base_url(value)
+
+
+def test_upstream_hostport_omits_default_ports():
+    assert config.Upstream("https", "h", 443).hostport == "h"
+    assert config.Upstream("http", "h", 80).hostport == "h"
+    assert config.Upstream("http", "h", 8080).hostport == "h:8080"
+    assert config.Upstream("http", "::1", 8080).hostport == "[::1]:8080"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("8m", 8 << 20),
+        ("512k", 512 << 10),
+        ("0", 0),
+        ("1g", 1 << 30),
+        ("100", 100),
+        ("2MiB", 2 << 20),
+        (" 3 KB ", 3 << 10),
+    ],
+)
+def test_size(value, expected):
+    assert config.parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "-1", "8x", "m", "1.5m"])
+def test_size_rejects(value):
+    with pytest.raises(ValueError):
+        config.parse_size(value)
+
+
+def test_switch_and_format():
+    assert config.parse_switch("ON") is True
+    assert config.parse_switch("off") is False
+    with pytest.raises(ValueError):
+        config.parse_switch("maybe")
+    assert config.parse_log_format("JSON") == "json"
+    with pytest.raises(ValueError):
+        config.parse_log_format("yaml")
+
+
+def test_token_strips_bearer_and_never_echoes_bad_values():
+    assert config.parse_token("") is None
+    assert config.parse_token("Bearer abc123") == "abc123"
+    with pytest.raises(ValueError) as e:
+        config.parse_token("two words-secretvalue")
+    assert "secretvalue" not in str(e.value)
+
+
+def test_proxy_keys_list():
+    keys = config.parse_proxy_keys(" k1, k2 ,,k1")
+    assert keys.keys == ("k1", "k2") and keys.source == "list"
+    assert config.parse_proxy_keys("") is None
+
+
+def test_proxy_keys_file(tmp_path):
+    f = tmp_path / "keys.txt"
+    f.write_text("# team keys\n\nalpha-key\n  beta-key  \n# old: gamma\n")
+    keys = config.parse_proxy_keys(f"@{f}")
+    assert keys.keys == ("alpha-key", "beta-key")
+    assert str(f) in keys.source
+
+
+def test_proxy_keys_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot read key file"):
+        config.parse_proxy_keys(f"@{tmp_path / 'missing.txt'}")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match="holds no keys"):
+        config.parse_proxy_keys(f"@{empty}")
+    with pytest.raises(ValueError, match="cannot read key file"):
+        config.parse_proxy_keys(f"@{tmp_path}")  # a directory
+
+
+def test_proxy_keys_reject_spaces_without_echo():
+    with pytest.raises(ValueError) as e:
+        config.parse_proxy_keys("good,bad key-supersecret")
+    assert "supersecret" not in str(e.value)
+
+
+def test_env_defaults_precedence():
+    environ = {"ACCOUNT_ID": "from-env"}
+    dotenv = {"ACCOUNT_ID": "from-dotenv", "GATEWAY_ID": "gw-dotenv", "HOST_PORT": "1"}
+    d = config.env_defaults(environ, dotenv)
+    assert d["cf_account_id"] == "from-env"
+    assert d["cf_gateway_id"] == "gw-dotenv"
+    assert d["cf_base_url"] == config.DEFAULT_BASE_URL
+    assert d["cf_record_limit"] == "8m"
+
+
+def test_every_setting_names_option_and_env_in_errors():
+    for s in config.SETTINGS:
+        msg = config.setting_error(s, "is wrong")
+        assert s.option in msg and s.env in msg
+        assert s.option.startswith("cf_")
