@@ -125,6 +125,7 @@ def start_proxy(
     gateway_id: str = GATEWAY_ID,
     addon: bool = True,
     reverse_target: str | None = None,
+    tool: str = "mitmdump",
 ) -> Proxy:
     """Start mitmdump in reverse mode in front of ``upstream`` and wait until it listens."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="cfgw-"))
@@ -132,7 +133,7 @@ def start_proxy(
     opts = {"cf_account_id": account_id, "cf_gateway_id": gateway_id, "cf_base_url": upstream}
     opts.update(options or {})
     cmd = [
-        str(MITMDUMP),
+        str(MITMDUMP.with_name(tool)),
         "--set",
         f"confdir={workdir / 'conf'}",
         "--mode",

@@ -1,0 +1,94 @@
+"""`./run.sh demo`: the whole path, offline — the stand-in gateway plus the proxy in front of it.
+
+A newcomer with no Cloudflare account sees a completion go through the addon,
+then can try their own clients against it until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import ADDON, ROOT, clean_env, wait_for_port
+from tests.standin_gateway import StandinGateway
+
+
+def host_port() -> int:
+    value = os.environ.get("HOST_PORT")
+    if value is None and (ROOT / ".env").exists():
+        from dotenv import dotenv_values
+
+        value = dotenv_values(ROOT / ".env").get("HOST_PORT")
+    return int(value or 3000)
+
+
+def main(argv: list[str]) -> int:
+    web = bool(argv) and argv[0] == "web"
+    extra = argv[1:] if web else argv
+    port = host_port()
+    gw = StandinGateway(gateway_id="demo").start()
+    tool = "mitmweb" if web else "mitmdump"
+    cmd = [
+        str(Path(sys.executable).with_name(tool)),
+        "-s", str(ADDON),
+        "--mode", f"reverse:{gw.base_url}@127.0.0.1:{port}",
+        "--set", "connection_strategy=lazy",
+        "--set", f"cf_account_id={gw.account_id}",
+        "--set", f"cf_gateway_id={gw.gateway_id}",
+        "--set", f"cf_base_url={gw.base_url}",
+        *(["--web-host", "127.0.0.1"] if web else []),
+        *extra,
+    ]  # fmt: skip
+    print(f"demo: stand-in gateway on {gw.base_url} (account {gw.account_id}, gateway {gw.gateway_id})")
+    proxy = subprocess.Popen(cmd, env=clean_env())
+    try:
+        if not wait_for_port(port, proxy):
+            print(f"demo: {tool} did not start (is port {port} free? set HOST_PORT)", file=sys.stderr)
+            return 1
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
+        req = urllib.request.Request(
+            url,
+            json.dumps(body).encode(),
+            {"content-type": "application/json", "authorization": "Bearer sk-demo"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            answer = json.loads(r.read())
+        print(f"\ndemo: POST {url} -> {answer['choices'][0]['message']['content']!r}")
+        print(f"demo: the stand-in received {gw.requests[-1].method} {gw.requests[-1].path}\n")
+        print("Try it yourself (Ctrl-C stops the demo):")
+        print(
+            f"  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            '    -d \'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}\''
+        )
+        print(
+            f"  curl -sN http://127.0.0.1:{port}/chat/completions -H 'content-type: application/json' \\\n"
+            '    -d \'{"model": "openai/gpt-4o-mini", "stream": true, '
+            '"messages": [{"role": "user", "content": "Hi"}]}\''
+        )
+        print(f"  OpenAI SDK: OpenAI(base_url='http://127.0.0.1:{port}/v1', api_key='sk-anything')")
+        if web:
+            print("  mitmweb UI: http://127.0.0.1:8081")
+        print(flush=True)
+        return proxy.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proxy.poll() is None:
+            proxy.send_signal(signal.SIGINT)
+            try:
+                proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+        gw.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

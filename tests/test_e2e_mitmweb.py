@@ -1,0 +1,88 @@
+"""mitmweb with the addon: a streamed tool-calling completion reads like a chat transcript.
+
+Drives a real mitmweb through its own HTTP API (the one its UI uses), so what is
+asserted here is what a person sees in the browser.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from cfgw import chatview
+from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, start_proxy, wait_for_port
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+@pytest.fixture
+def mitmweb(gateway, tmp_path):
+    web_port = free_port()
+    p = start_proxy(
+        gateway.base_url,
+        workdir=tmp_path,
+        tool="mitmweb",
+        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
+                    "--set", "web_password=test-ui-password"],
+    )  # fmt: skip
+    assert wait_for_port(web_port, p.proc)
+    ui = httpx.Client(base_url=f"http://127.0.0.1:{web_port}")
+    assert ui.get("/", params={"token": "test-ui-password"}).status_code == 200  # sets the session cookie
+    yield p, ui
+    ui.close()
+    p.stop()
+
+
+def test_streamed_tool_call_reads_like_a_transcript(mitmweb, gw):
+    if not chatview.register():
+        pytest.skip(
+            "this mitmproxy has no contentview API (mitmproxy 11): the view is a mitmproxy 12 feature"
+        )
+    proxy, ui = mitmweb
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-ui-test-key-0123456789", max_retries=0)
+    stream = client.chat.completions.create(
+        model="openai/gpt-4o-mini",
+        stream=True,
+        stream_options={"include_usage": True},
+        tools=TOOLS,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+    )
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert arguments == '{"city": "Paris"}'
+    assert gw.requests[0].path == f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat/chat/completions"
+    assert proxy.wait_output("stream cache=MISS")
+
+    (flow,) = [f for f in ui.get("/flows").json() if f["type"] == "http"]
+    assert flow["comment"].startswith("openai/gpt-4o-mini · ")
+    auth_values = [v for k, v in flow["request"]["headers"] if k.lower() == "authorization"]
+    assert auth_values == ["Bearer ********6789"]  # the UI never shows the key
+
+    response = ui.get(f"/flows/{flow['id']}/response/content/auto.json").json()
+    assert response["view_name"] == "LLM chat"
+    text = response["text"]
+    assert "[assistant]" in text
+    assert '→ tool call call_standin0: get_weather({"city": "Paris"})' in text
+    assert "finish_reason: tool_calls" in text
+    assert "usage: prompt " in text and "[DONE]" in text
+
+    request = ui.get(f"/flows/{flow['id']}/request/content/auto.json").json()
+    assert request["view_name"] == "LLM chat"
+    assert "tool get_weather(city) — Weather for a city" in request["text"]
+    assert "[system]\nBe brief." in request["text"] and "[user]\nWeather in Paris?" in request["text"]
