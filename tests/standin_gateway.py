@@ -48,6 +48,7 @@ import json
 import random
 import signal
 import socket
+import socketserver
 import struct
 import sys
 import threading
@@ -294,6 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def version_string(self) -> str:
+        return "cloudflare"
 
     def parse_request(self) -> bool:
         """Parse the request line and headers ourselves: fast, raw target, headers as sent."""
@@ -788,6 +792,11 @@ class _Server(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse-DNS getfqdn(); skip it (slow or hanging offline).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
             self._conns.add(request)
@@ -843,15 +852,17 @@ class StandinGateway:
         self._released: set[str] = set()
         self._stopping = threading.Event()
         self._server: _Server | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
 
     # ---- addresses --------------------------------------------------------
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        """The bound port (still known after stop(), e.g. to assert connection refused)."""
+        if self._port is None:
             raise RuntimeError("StandinGateway not started")
-        return self._server.server_address[1]
+        return self._port
 
     @property
     def base_url(self) -> str:
@@ -878,6 +889,7 @@ class StandinGateway:
             raise RuntimeError("already started")
         self._stopping.clear()
         self._server = _Server((self.host, self._requested_port), self)
+        self._port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -891,12 +903,12 @@ class StandinGateway:
         server, self._server = self._server, None
         if server is None:
             return
+        server.shutdown()
+        server.server_close()
+        server.close_connections()  # first, so held/hanging streams die instead of finishing
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
