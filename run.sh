@@ -34,30 +34,33 @@ pick_python() {
     { if [ -n "${CF_PYTHON:-}" ]; then head -n 1; else sort -k1,1nr -s | head -n 1; fi } | cut -d' ' -f2-
 }
 
-# ensure_venv DIR PYTHON EXTRAS: create DIR with PYTHON and install the project (+ extras) when pyproject.toml changed.
+# ensure_venv DIR PYTHON [EXTRA]: create DIR with PYTHON; install the runtime dependencies (and the
+# extra's) unless a stamp says this pyproject.toml's were installed already.
 ensure_venv() {
-  local dir="$1" py="$2" extras="$3" stamp
-  stamp="$dir/.cf-gateway-$(cksum < pyproject.toml | cut -d' ' -f1)-${extras:-base}"
-  [ -f "$stamp" ] && return 0
+  local dir="$1" py="$2" sum group
+  sum="$(cksum < pyproject.toml | cut -d' ' -f1)"
   if [ ! -x "$dir/bin/python" ]; then
     echo "run.sh: creating $dir with $py ($("$py" --version 2>&1))" >&2
     "$py" -m venv "$dir"
   fi
-  echo "run.sh: installing dependencies into $dir (first run only)" >&2
-  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  # Install the dependencies that pyproject.toml lists (pip evaluates the version markers);
-  # the project itself is not a package: mitmproxy loads addons/cf_gateway.py as a script.
-  "$dir/bin/python" - "$extras" > "$dir/requirements.txt" <<'PY'
+  find "$dir" -maxdepth 1 -name '.cf-gateway-*' ! -name ".cf-gateway-$sum-*" -delete
+  # Install what pyproject.toml lists (pip evaluates the version markers); the project itself is
+  # not a package: mitmproxy loads addons/cf_gateway.py as a script. The runtime set goes first and
+  # an extra in a second step: mitmproxy 11 pins h11<=0.14 while current httpx/openai want a newer
+  # one, which a single resolver run refuses but which works (pip only warns).
+  for group in base ${3:-}; do
+    [ -f "$dir/.cf-gateway-$sum-$group" ] && continue
+    echo "run.sh: installing $group dependencies into $dir (first run only)" >&2
+    "$dir/bin/python" - "$group" > "$dir/requirements-$group.txt" <<'PY'
 import sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = list(project["dependencies"])
-for extra in filter(None, sys.argv[1].split(",")):
-    deps += project["optional-dependencies"][extra]
-print("\n".join(deps))
+group = sys.argv[1]
+print("\n".join(project["dependencies"] if group == "base" else project["optional-dependencies"][group]))
 PY
-  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$dir/requirements.txt" >&2
-  rm -f "$dir"/.cf-gateway-*
-  touch "$stamp"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
+      -r "$dir/requirements-$group.txt" 2> >(grep -v "^WARNING: Location" >&2) >&2
+    touch "$dir/.cf-gateway-$sum-$group"
+  done
 }
 
 main_venv() {
@@ -70,7 +73,6 @@ main_venv() {
     py=.venv/bin/python
   fi
   ensure_venv .venv "$py" "$extras"
-  # A venv made earlier with test extras already has everything the proxy needs.
 }
 
 # Settings that run.sh itself needs: the environment wins over .env.
