@@ -362,3 +362,26 @@ def test_upstream_failure_warns_with_reason(addon, caplog):
     assert len(warnings) == 1 and "Connection refused" in warnings[0].getMessage()
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(infos) == 1 and "failed" in infos[0].getMessage()
+
+
+def test_warns_about_eager_connections_on_reverse_listeners(addon, caplog):
+    addon.tctx.options.add_option("connection_strategy", str, "eager", "declared by mitmproxy's proxyserver")
+    addon.tctx.options.mode = ["reverse:https://gateway.ai.cloudflare.com@3000"]
+    with caplog.at_level(logging.WARNING):
+        addon.running()
+    assert "connection_strategy=lazy" in caplog.text
+    caplog.clear()
+    addon.tctx.options.connection_strategy = "lazy"
+    with caplog.at_level(logging.WARNING):
+        addon.running()
+    assert caplog.text == ""
+
+
+def test_startup_log_names_the_mode_never_the_secrets(caplog, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("secret-key-one\nsecret-key-two\n")
+    a = CfGateway()
+    with taddons.context(a) as tctx, caplog.at_level(logging.INFO):
+        tctx.configure(a, **GOOD, cf_token="gw-token-secret", cf_proxy_keys=f"@{keys}")
+    assert "access keys: 2 keys" in caplog.text and "gateway token injected" in caplog.text
+    assert "secret-key" not in caplog.text and "gw-token-secret" not in caplog.text
