@@ -19,7 +19,7 @@ from mitmproxy.proxy import mode_specs
 from cfgw import auth, config, paths, summary
 from cfgw.metrics import Metrics
 from cfgw.replies import error_response, json_response
-from cfgw.streaming import Recorder, is_event_stream
+from cfgw.streaming import Recorder, client_went_away, is_event_stream
 from cfgw.usage import request_model
 
 log = logging.getLogger("cf_gateway")
@@ -154,6 +154,12 @@ class CfGateway:
 
     def route(self, flow: http.HTTPFlow) -> None:
         """Answer locally (health, metrics, auth and path errors) or rewrite towards the gateway."""
+        self.answer_or_rewrite(flow)
+        if flow.response is not None and flow.request.method == "HEAD":
+            # mitmproxy sends a made-up response's body even to HEAD, which desyncs keep-alive clients.
+            flow.response.raw_content = b""  # headers (with GET's content-length) only
+
+    def answer_or_rewrite(self, flow: http.HTTPFlow) -> None:
         s = self.settings
         req = flow.request
         target = req.path
@@ -235,6 +241,7 @@ class CfGateway:
             return
         recorder = recorder_of(flow)
         if recorder is not None:
+            recorder.finish()  # the stream ended completely (error() is for broken ones)
             self.metrics.streams.dec()
             self.keep_record(flow, recorder)
         self.finish(flow, recorder)
@@ -273,7 +280,7 @@ class CfGateway:
             self.metrics.observe(record)
         if flow.error:
             where = f"mid-stream after {recorder.delivered} bytes" if recorder else "before a response"
-            if "client" not in flow.error.msg.lower():
+            if not client_went_away(flow):
                 log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {flow.error.msg}")
             elif not s.log_requests:  # otherwise the request line below says so
                 log.info(f"cf-gateway: flow {flow.id}: client went away {where}: {flow.error.msg}")
