@@ -75,7 +75,7 @@ def test_streamed_tool_call_reads_like_a_transcript(mitmweb, gw):
     assert auth_values == ["Bearer ********6789"]  # the UI never shows the key
 
     if not chatview.register():
-        pytest.skip("this mitmproxy has no contentview API (mitmproxy 11): the view is a mitmproxy 12 feature")
+        pytest.skip("no contentview API on this mitmproxy (11): the view is a mitmproxy 12 feature")
     response = ui.get(f"/flows/{flow['id']}/response/content/auto.json").json()
     assert response["view_name"] == "LLM chat"
     text = response["text"]

@@ -385,3 +385,23 @@ def test_startup_log_names_the_mode_never_the_secrets(caplog, tmp_path):
         tctx.configure(a, **GOOD, cf_token="gw-token-secret", cf_proxy_keys=f"@{keys}")
     assert "access keys: 2 keys" in caplog.text and "gateway token injected" in caplog.text
     assert "secret-key" not in caplog.text and "gw-token-secret" not in caplog.text
+
+
+def test_flows_that_never_went_upstream_do_not_warn(addon, caplog):
+    f = flow()
+    f.error = tflow.terr(
+        "mitmproxy received an HTTP CONNECT request even though it is not running in regular mode"
+    )
+    addon.request(f)  # skipped: the flow already failed, nothing was rewritten
+    with caplog.at_level(logging.INFO, logger="cf_gateway"):
+        addon.error(f)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "CONNECT" in caplog.text  # still on the request line
+
+
+@pytest.mark.parametrize(("method", "code"), [("G(T", "invalid_method")])
+def test_invalid_requests_answered_not_forwarded(addon, method, code):
+    f = flow(method=method)
+    addon.request(f)
+    assert answered(f)["error"]["code"] == code
+    assert f.request.host == "127.0.0.1"

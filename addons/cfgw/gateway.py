@@ -16,7 +16,7 @@ from dotenv import dotenv_values
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from cfgw import auth, config, paths, summary
+from cfgw import auth, config, paths, summary, validate
 from cfgw.metrics import Metrics
 from cfgw.replies import error_response, json_response
 from cfgw.streaming import Recorder, client_went_away, is_event_stream
@@ -171,6 +171,12 @@ class CfGateway:
                 503, "cf-gateway is not configured.", "proxy_not_configured", type="server_error"
             )
             return
+        try:
+            validate.check_request(req)
+        except validate.BadRequest as e:
+            meta["local"] = e.code
+            flow.response = error_response(e.status, str(e), e.code)
+            return
         if path == HEALTH_PATH and req.method in ("GET", "HEAD"):
             meta["local"] = "health"
             flow.response = json_response(200, {"status": "ok"})
@@ -207,7 +213,13 @@ class CfGateway:
         self.rewrite(req, s, upstream_target)
         auth.inject_token(req, s.token)
         meta["upstream"] = f"{s.upstream.scheme}://{s.upstream.hostport}{upstream_target.partition('?')[0]}"
-        model = request_model(req.get_content(strict=False) or b"") if req.raw_content else None
+        # Only plain bodies: decoding a compressed one just to find the model would let a small
+        # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
+        model = (
+            request_model(req.raw_content)
+            if req.raw_content and "content-encoding" not in req.headers
+            else None
+        )
         if model:
             meta["model"] = model
 
@@ -280,10 +292,12 @@ class CfGateway:
             self.metrics.observe(record)
         if flow.error:
             where = f"mid-stream after {recorder.delivered} bytes" if recorder else "before a response"
-            if not client_went_away(flow):
+            client_left = client_went_away(flow)
+            if "upstream" in meta and not client_left:
                 log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {flow.error.msg}")
             elif not s.log_requests:  # otherwise the request line below says so
-                log.info(f"cf-gateway: flow {flow.id}: client went away {where}: {flow.error.msg}")
+                what = "client went away" if client_left else "client request failed"
+                log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {flow.error.msg}")
         if s.log_requests:
             line = summary.format_json(record) if s.log_format == "json" else summary.format_text(record)
             log.info(line)
