@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +43,7 @@ class Upstream:
 class AccessKeys:
     """Keys clients must present; ``source`` says where they came from, never what they are."""
 
-    keys: tuple[str, ...]
+    keys: tuple[str, ...] = field(repr=False)
     source: str
 
 
@@ -133,7 +133,7 @@ def parse_proxy_keys(value: str) -> AccessKeys | None:
     if v.startswith("@"):
         path = Path(v[1:]).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # editors on Windows add a BOM
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read key file {str(path)!r}: {e.__class__.__name__}") from None
         keys = [

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -38,9 +39,9 @@ class Settings:
     log_requests: bool
     log_format: str
     record_limit: int
-    token: str | None
-    keys: config.AccessKeys | None
-    key_digests: tuple[bytes, ...]
+    token: str | None = field(repr=False)
+    keys: config.AccessKeys | None = field(repr=False)
+    key_digests: tuple[bytes, ...] = field(repr=False)
     redact: bool
     metrics: bool
 
@@ -100,6 +101,9 @@ class CfGateway:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.metrics = Metrics()
+        # Forwarded flows whose secrets are not masked yet: masked when the response starts, the
+        # flow fails, or (for flows still open at shutdown, which -w saves too) in `done`.
+        self.unmasked: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
     def load(self, loader) -> None:
         defaults = config.env_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
@@ -212,6 +216,7 @@ class CfGateway:
                 return
         self.rewrite(req, s, upstream_target)
         auth.inject_token(req, s.token)
+        self.unmasked.add(flow)
         meta["upstream"] = f"{s.upstream.scheme}://{s.upstream.hostport}{upstream_target.partition('?')[0]}"
         # Only plain bodies: decoding a compressed one just to find the model would let a small
         # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
@@ -240,8 +245,7 @@ class CfGateway:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not is_reverse(flow) or self.settings is None:
             return
-        if self.settings.redact:
-            auth.redact(flow.request.headers)
+        self.mask(flow)
         meta = flow.metadata.get(summary.META, {})
         resp = flow.response
         if "upstream" in meta and resp is not None and is_event_stream(resp.headers.get("content-type")):
@@ -261,13 +265,23 @@ class CfGateway:
     def error(self, flow: http.HTTPFlow) -> None:
         if not is_reverse(flow) or self.settings is None:
             return
-        if self.settings.redact:
-            auth.redact(flow.request.headers)
+        self.mask(flow)
         recorder = recorder_of(flow)
         if recorder is not None:
             self.metrics.streams.dec()
             self.keep_record(flow, recorder)
         self.finish(flow, recorder)
+
+    def done(self) -> None:
+        """Shutdown: -w saves flows still waiting for an answer, so mask them first."""
+        for flow in list(self.unmasked):
+            self.mask(flow)
+
+    def mask(self, flow: http.HTTPFlow) -> None:
+        """Mask secret headers once the request has been sent (or never will be)."""
+        self.unmasked.discard(flow)
+        if self.settings is not None and self.settings.redact:
+            auth.redact(flow.request.headers)
 
     def keep_record(self, flow: http.HTTPFlow, recorder: Recorder) -> None:
         """Put the recorded stream back on the flow (still encoded, so get_content() decodes it)."""

@@ -29,18 +29,38 @@ OTHER = "other"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+_CONNECT_FAILURES = (
+    "connect call failed",  # asyncio: [Errno 111] Connect call failed ('127.0.0.1', 1)
+    "refused",
+    "cannot connect",
+    "connection killed",
+    "name or service not known",
+    "name resolution",
+    "nodename nor servname",
+    "resolve",
+    "no route to host",
+    "network is unreachable",
+    "cannot assign requested address",
+)
+_UPSTREAM_CLOSED = ("closed", "reset", "eof", "incomplete", "protocol error", "cancelled", "disconnect")
+
+
 def error_reason(message: str) -> str:
-    """Fold mitmproxy's error texts into a few stable label values."""
+    """Fold mitmproxy's error texts into a few stable label values.
+
+    Order matters: "server closed connection" mentions a connection but is not a
+    connect failure, and "Client disconnected." is not the upstream's fault.
+    """
     m = message.lower()
-    if "connect" in m or "refused" in m or "resolve" in m or "name or service" in m:
-        return "connect"
+    if m.startswith("client disconnected"):
+        return "client_disconnected"
     if "tls" in m or "ssl" in m or "certificate" in m:
         return "tls"
     if "timeout" in m or "timed out" in m:
         return "timeout"
-    if "client" in m:
-        return "client_disconnected"
-    if "reset" in m or "closed" in m or "disconnect" in m or "eof" in m or "incomplete" in m:
+    if any(s in m for s in _CONNECT_FAILURES):
+        return "connect"
+    if any(s in m for s in _UPSTREAM_CLOSED):
         return "upstream_closed"
     return OTHER
 

@@ -8,14 +8,18 @@ mitmproxy already holds, and anything unexpected leaves the fields empty.
 from __future__ import annotations
 
 import json
+import zlib
 
 from mitmproxy import http
 
 from cfgw.streaming import Recorder
-from cfgw.usage import Usage, usage_from_json
+from cfgw.usage import Usage, _make_decoder, usage_from_json
 
 META = "cf_gateway"  # key in flow.metadata: small, serialisable facts saved with the flow
 USAGE_PARSE_LIMIT = 8 * 1024 * 1024  # do not decode bigger buffered bodies just for usage
+# Stop decoding a compressed body past this: the response hook runs before the client gets a
+# buffered body, and a small gzip "bomb" would otherwise block the event loop for seconds.
+DECODED_LIMIT = 32 * 1024 * 1024
 
 FIELDS = (
     "method",
@@ -42,11 +46,62 @@ def _ms(start: float | None, end: float | None) -> int | None:
     return max(0, round((end - start) * 1000))
 
 
+def _inflate(raw: bytes, wbits: int) -> bytes | None:
+    """gzip (every member) or deflate, giving up past DECODED_LIMIT; a cut-short body gives what it holds.
+
+    Not cfgw.usage's incremental decoder: with max_length, CPython's zlib can reach eof with
+    unconsumed_tail still set, and that decoder's loop then never ends.
+    """
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            d = zlib.decompressobj(wbits)
+            out += d.decompress(data, DECODED_LIMIT + 1 - len(out))
+            if len(out) > DECODED_LIMIT:
+                return None
+            if not d.eof:
+                break  # all input used up: the body was cut short
+            data = d.unused_data
+    except zlib.error:
+        if not out:
+            return raw  # not compressed after all: read it as is, as mitmproxy does
+    return bytes(out)
+
+
+def _decoded(raw: bytes, content_encoding: str | None) -> bytes | None:
+    """The body decoded for parsing; None past DECODED_LIMIT or for encodings we cannot decode."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return raw
+    if len(codings) > 1:
+        return None
+    coding = codings[0]
+    if coding in ("gzip", "x-gzip"):
+        return _inflate(raw, 16 + zlib.MAX_WBITS)
+    if coding == "deflate":  # zlib-wrapped, or raw deflate from some servers
+        wrapped = len(raw) >= 2 and (raw[0] & 0x0F) == 8 and ((raw[0] << 8) | raw[1]) % 31 == 0
+        return _inflate(raw, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+    if coding not in ("br", "zstd"):
+        return None
+    out = bytearray()
+    try:
+        for piece in _make_decoder(coding)(raw):  # bounded pieces: stops early on a bomb
+            out += piece
+            if len(out) > DECODED_LIMIT:
+                return None
+    except Exception:
+        return raw if not out else bytes(out)
+    return bytes(out)
+
+
 def _buffered_usage(response: http.Response) -> Usage | None:
     ctype = response.headers.get("content-type", "")
-    if "json" not in ctype or not response.raw_content or len(response.raw_content) > USAGE_PARSE_LIMIT:
+    raw = response.raw_content
+    if "json" not in ctype or not raw or len(raw) > USAGE_PARSE_LIMIT:
         return None
-    body = response.get_content(strict=False)
+    body = _decoded(raw, response.headers.get("content-encoding"))
     return usage_from_json(body) if body else None
 
 
@@ -74,7 +129,7 @@ def flow_record(flow: http.HTTPFlow, recorder: Recorder | None) -> dict:
         "model": meta.get("model"),
         "stream": recorder is not None,
         "duration_ms": _ms(req.timestamp_start, end),
-        "ttfb_ms": _ms(req.timestamp_end, ttfb_at),
+        "ttfb_ms": _ms(req.timestamp_end, ttfb_at) if "upstream" in meta else None,  # only upstream's
         "bytes": size,
         "cache": resp.headers.get("cf-aig-cache-status") if resp else None,
         "log_id": resp.headers.get("cf-aig-log-id") if resp else None,

@@ -181,7 +181,7 @@ def _zlib_decoder(wbits: int) -> _Decoder:
         nonlocal d
         while data:
             yield d.decompress(data, _PIECE)
-            while d.unconsumed_tail:
+            while d.unconsumed_tail and not d.eof:  # at a member's end CPython keeps the tail set
                 yield d.decompress(d.unconsumed_tail, _PIECE)
             data = d.unused_data if d.eof else b""
             if data:  # concatenated gzip members
@@ -295,6 +295,10 @@ def _make_decoder(content_encoding: str | None) -> _Decoder | None:
 # --- SSE scanning --------------------------------------------------------------
 
 
+MAX_DECODED_PER_CHUNK = 16 << 20
+"""Decoded bytes one raw chunk may expand to before the scanner gives up (chunks are ~16 KiB)."""
+
+
 class SSEUsageScanner:
     """Incrementally scans a (possibly compressed) ``text/event-stream`` body for usage.
 
@@ -346,7 +350,13 @@ class SSEUsageScanner:
             if self._decoder is None:
                 self._scan(chunk)
             else:
+                budget = MAX_DECODED_PER_CHUNK
                 for piece in self._decoder(chunk):
+                    budget -= len(piece)
+                    if budget < 0:  # a compression bomb: stop parsing rather than block the proxy
+                        self.disabled = True
+                        self._partial = bytearray()
+                        return
                     if piece:
                         self._scan(piece)
         except Exception:
