@@ -252,7 +252,7 @@ def test_gzip_stream_usage():
 def test_stream_decoder_ends_on_gzip_members_at_a_piece_boundary():
     event = b"data: " + b"x" * ((512 << 10) - 8) + b"\n\n"  # decodes to exactly 2 pieces of 256 KiB
     raw = gzip.compress(event) + gzip.compress(b"data: [DONE]\n\n")  # one chunk, two members
-    pieces = list(itertools.islice(usage._make_decoder("gzip")(raw), 10_000))  # bounded: it may spin
+    pieces = list(itertools.islice(usage.make_decoder("gzip")(raw), 10_000))  # bounded: it may spin
     assert len(pieces) < 10_000
     assert b"".join(pieces) == event + b"data: [DONE]\n\n"
 

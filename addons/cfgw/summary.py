@@ -13,7 +13,7 @@ import zlib
 from mitmproxy import http
 
 from cfgw.streaming import Recorder
-from cfgw.usage import Usage, _make_decoder, usage_from_json
+from cfgw.usage import Usage, make_decoder, usage_from_json
 
 META = "cf_gateway"  # key in flow.metadata: small, serialisable facts saved with the flow
 USAGE_PARSE_LIMIT = 8 * 1024 * 1024  # do not decode bigger buffered bodies just for usage
@@ -87,7 +87,7 @@ def _decoded(raw: bytes, content_encoding: str | None) -> bytes | None:
         return None
     out = bytearray()
     try:
-        for piece in _make_decoder(coding)(raw):  # bounded pieces: stops early on a bomb
+        for piece in make_decoder(coding)(raw):  # bounded pieces: stops early on a bomb
             out += piece
             if len(out) > DECODED_LIMIT:
                 return None

@@ -272,7 +272,7 @@ def _zstd_decoder() -> _Decoder:
     return feed
 
 
-def _make_decoder(content_encoding: str | None) -> _Decoder | None:
+def make_decoder(content_encoding: str | None) -> _Decoder | None:
     """Decoder for a Content-Encoding header; identity -> None; unsupported -> ValueError."""
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     codings = [c for c in codings if c != "identity"]
@@ -338,7 +338,7 @@ class SSEUsageScanner:
         self._skipping = False  # inside an over-long line that is being dropped
         self._decoder: _Decoder | None = None
         try:
-            self._decoder = _make_decoder(content_encoding)
+            self._decoder = make_decoder(content_encoding)
         except Exception:
             self.disabled = True
 
