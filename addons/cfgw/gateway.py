@@ -145,9 +145,9 @@ class CfGateway:
         try:
             self.route(flow)
         except Exception:
+            path = flow.request.path.partition("?")[0]  # the query may carry keys
             log.exception(
-                f"cf-gateway: internal error on {flow.request.method} {flow.request.path!r}; "
-                "answered 500, not forwarded"
+                f"cf-gateway: internal error on {flow.request.method} {path!r}; answered 500, not forwarded"
             )
             flow.response = error_response(
                 500,
