@@ -125,7 +125,7 @@ case "$cmd" in
   test)
     main_venv test
     echo "== ruff" >&2
-    .venv/bin/ruff check addons tests bench
+    .venv/bin/ruff check .
     echo "== tests on $(.venv/bin/python --version) + mitmproxy $(.venv/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
     rc=0
     .venv/bin/python -m pytest "$@" || rc=$?
