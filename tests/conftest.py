@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from mitmproxy.test import taddons
 
+from cfgw.gateway import CfGateway
+from tests.flows import GOOD
 from tests.harness import Proxy, start_proxy
 from tests.standin_gateway import StandinGateway
 
@@ -47,3 +50,13 @@ def make_proxy(gateway, tmp_path):
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def addon():
+    """The addon under taddons, configured with valid ids; ``addon.tctx`` reconfigures it."""
+    a = CfGateway()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, **GOOD)
+        a.tctx = tctx
+        yield a

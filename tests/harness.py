@@ -161,3 +161,35 @@ def start_proxy(
         proxy.stop()
         raise RuntimeError(f"mitmdump did not start:\n{proxy.output()}")
     return proxy
+
+
+def raw_exchange(port: int, data: bytes, half_close: bool = False, timeout: float = 10) -> bytes:
+    """Send bytes as they are and read until the proxy closes; a reset counts as a close.
+
+    half_close tells the proxy the client has nothing more to send (an HTTP/0.9-style client
+    would just wait); it is only for requests the proxy cannot complete, because mitmproxy
+    drops a flow whose client half-closes before the answer.
+    """
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(
+                f"the proxy neither answered nor closed: {b''.join(chunks)[:200]!r}"
+            ) from None
+    return b"".join(chunks)
+
+
+def split_answer(answer: bytes) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of a raw HTTP/1 answer; status 0 when the proxy just closed."""
+    if not answer:
+        return 0, b"", b""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body

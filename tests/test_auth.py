@@ -11,44 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from cfgw import auth, config
 from cfgw.gateway import CfGateway
-
-ACCOUNT = "0123456789abcdef0123456789abcdef"
-PREFIX = f"/v1/{ACCOUNT}/test-gw/compat"
-GOOD = {"cf_account_id": ACCOUNT, "cf_gateway_id": "test-gw"}
+from tests.flows import GOOD, PREFIX, reverse_flow
 
 # Fixed, distinctive secrets: their tails cannot turn up by chance in ids or hex.
 KEY_A = "pk-alpha-Qz7vWx2LmNpRtYkJhG"
 KEY_B = "pk-bravo-Hd9sUe4FcVbXoZqWmT"
 TOKEN = "cfat-Tq8RwE3yUiOpLkJhGfDsZx"
 PROVIDER_KEY = "sk-proj-Zx4CvBnM7aSdFgHjKlPq"
-
-
-@pytest.fixture
-def addon():
-    a = CfGateway()
-    with taddons.context(a) as tctx:
-        tctx.configure(a, **GOOD)
-        a.tctx = tctx
-        yield a
-
-
-def flow(path="/v1/chat/completions", method="POST", headers=(), content=b"{}"):
-    req = tutils.treq(
-        method=method.encode(),
-        path=path.encode(),
-        host="127.0.0.1",
-        port=1,
-        headers=http.Headers([(k.encode(), v.encode()) for k, v in (("host", "127.0.0.1:1"), *headers)]),
-        content=content,
-    )
-    f = tflow.tflow(req=req)
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:1")
-    return f
 
 
 def sent(addon, f):
@@ -258,7 +231,7 @@ def test_startup_line_names_the_mode_and_no_secret(caplog, options, mode):
 )
 def test_refused_requests_are_answered_401_and_masked(addon, caplog, authorization, problem):
     addon.tctx.configure(addon, cf_proxy_keys=f"{KEY_A},{KEY_B}", cf_token=TOKEN)
-    f = flow(headers=[("authorization", authorization)] if authorization else [])
+    f = reverse_flow(headers=[("authorization", authorization)] if authorization else [])
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
         sent(addon, f)
     r = f.response
@@ -279,7 +252,7 @@ def test_refused_requests_are_answered_401_and_masked(addon, caplog, authorizati
 
 def test_valid_key_removed_and_token_injected(addon):
     addon.tctx.configure(addon, cf_proxy_keys=f"{KEY_A},{KEY_B}", cf_token=TOKEN)
-    f = flow(headers=[("Authorization", f"bearer {KEY_B}"), ("x-api-key", PROVIDER_KEY)])
+    f = reverse_flow(headers=[("Authorization", f"bearer {KEY_B}"), ("x-api-key", PROVIDER_KEY)])
     addon.request(f)
     assert f.response is None
     assert f.request.path == f"{PREFIX}/chat/completions"
@@ -290,14 +263,16 @@ def test_valid_key_removed_and_token_injected(addon):
 
 def test_client_token_left_alone_with_keys(addon):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A, cf_token=TOKEN)
-    f = flow(headers=[("authorization", f"Bearer {KEY_A}"), ("cf-aig-authorization", "Bearer own-token")])
+    f = reverse_flow(
+        headers=[("authorization", f"Bearer {KEY_A}"), ("cf-aig-authorization", "Bearer own-token")]
+    )
     addon.request(f)
     assert f.request.headers.get_all("cf-aig-authorization") == ["Bearer own-token"]
 
 
 def test_without_keys_authorization_passes_untouched(addon):
     addon.tctx.configure(addon, cf_token=TOKEN)
-    f = flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
+    f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
     addon.request(f)
     assert f.response is None
     assert f.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
@@ -307,7 +282,7 @@ def test_without_keys_authorization_passes_untouched(addon):
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_health_needs_no_key_and_is_not_logged(addon, caplog, method):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A)
-    f = flow("/healthz", method=method, headers=[("authorization", f"Bearer {KEY_B}")])
+    f = reverse_flow("/healthz", method=method, headers=[("authorization", f"Bearer {KEY_B}")])
     with caplog.at_level(logging.DEBUG, logger="cf_gateway"):
         sent(addon, f)
     assert f.response.status_code == 200
@@ -322,14 +297,14 @@ def test_health_needs_no_key_and_is_not_logged(addon, caplog, method):
 
 def test_health_other_methods_are_not_local(addon):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A)
-    f = flow("/healthz", method="POST")
+    f = reverse_flow("/healthz", method="POST")
     addon.request(f)
     assert f.response.status_code == 401
 
 
 def test_secrets_masked_once_sent_but_forwarded_unmasked(addon):
     addon.tctx.configure(addon, cf_token=TOKEN)
-    f = flow(
+    f = reverse_flow(
         headers=[
             ("authorization", f"Bearer {PROVIDER_KEY}"),
             ("api-key", KEY_B),
@@ -351,7 +326,7 @@ def test_secrets_masked_once_sent_but_forwarded_unmasked(addon):
 
 def test_secrets_masked_when_upstream_fails_before_a_response(addon, caplog):
     addon.tctx.configure(addon, cf_token=TOKEN)
-    f = flow(headers=[("x-api-key", KEY_A)])
+    f = reverse_flow(headers=[("x-api-key", KEY_A)])
     addon.request(f)
     f.error = tflow.terr("Connection refused")
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
@@ -363,7 +338,7 @@ def test_secrets_masked_when_upstream_fails_before_a_response(addon, caplog):
 
 def test_redact_off_keeps_values_on_the_flow(addon):
     addon.tctx.configure(addon, cf_token=TOKEN, cf_redact="off")
-    f = flow(headers=[("x-api-key", KEY_A)])
+    f = reverse_flow(headers=[("x-api-key", KEY_A)])
     sent(addon, f)
     assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
     assert f.request.headers["x-api-key"] == KEY_A
@@ -372,7 +347,7 @@ def test_redact_off_keeps_values_on_the_flow(addon):
 def test_replayed_flow_is_not_asked_for_a_key(addon):
     """A replay from mitmweb carries the masked headers; it was authorised when first sent."""
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A, cf_token=TOKEN)
-    f = flow(headers=[("authorization", f"Bearer {KEY_A}")])
+    f = reverse_flow(headers=[("authorization", f"Bearer {KEY_A}")])
     sent(addon, f)
     replay = f.copy()
     replay.response = None

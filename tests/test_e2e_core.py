@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 
 import httpx
 import openai
 import pytest
 
-from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, run_mitmdump
+from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, raw_exchange, run_mitmdump
 
 PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
-
-
-def raw_request(port: int, data: bytes) -> bytes:
-    """Send bytes as they are (no client normalises the path) and read the whole answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("suffix", ["/v1", ""])
@@ -149,7 +138,7 @@ def test_curl(proxy, gw):
     ],
 )
 def test_unsafe_paths_answered_400_and_never_forwarded(proxy, gw, target):
-    answer = raw_request(proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw_exchange(proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert b"application/json" in head.lower()
@@ -158,7 +147,7 @@ def test_unsafe_paths_answered_400_and_never_forwarded(proxy, gw, target):
 
 
 def test_absolute_form_request_line(proxy, gw):
-    answer = raw_request(
+    answer = raw_exchange(
         proxy.port,
         f"GET http://127.0.0.1:{proxy.port}/v1/models HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
         "Connection: close\r\n\r\n".encode(),

@@ -8,41 +8,12 @@ import logging
 
 import pytest
 from mitmproxy import exceptions, http
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
 from cfgw import gateway as gateway_mod
 from cfgw.gateway import CfGateway
 from cfgw.streaming import Recorder
-
-ACCOUNT = "0123456789abcdef0123456789abcdef"
-PREFIX = f"/v1/{ACCOUNT}/test-gw/compat"
-GOOD = {"cf_account_id": ACCOUNT, "cf_gateway_id": "test-gw"}
-
-
-@pytest.fixture
-def addon():
-    a = CfGateway()
-    with taddons.context(a) as tctx:
-        tctx.configure(a, **GOOD)
-        a.tctx = tctx
-        yield a
-
-
-def flow(
-    path="/v1/chat/completions", method="POST", headers=(), content=b"{}", mode="reverse:http://127.0.0.1:1"
-):
-    req = tutils.treq(
-        method=method.encode(),
-        path=path.encode(),
-        host="127.0.0.1",
-        port=1,
-        headers=http.Headers([(k.encode(), v.encode()) for k, v in (("host", "127.0.0.1:1"), *headers)]),
-        content=content,
-    )
-    f = tflow.tflow(req=req)
-    f.client_conn.proxy_mode = ProxyMode.parse(mode)
-    return f
+from tests.flows import ACCOUNT, GOOD, PREFIX, reverse_flow
 
 
 def answered(f) -> dict:
@@ -74,7 +45,7 @@ def test_missing_config_logs_one_line_and_answers_503(caplog):
         tctx.configure(a, cf_account_id="", cf_gateway_id="gw")
         assert a.settings is None
         assert "cf_account_id (env ACCOUNT_ID) is required" in caplog.text
-        f = flow()
+        f = reverse_flow()
         a.request(f)
         assert f.response.status_code == 503
         assert f.request.host == "127.0.0.1" and f.request.path == "/v1/chat/completions"
@@ -87,7 +58,7 @@ def test_bad_change_to_working_config_is_refused(addon):
 
 
 def test_rewrite_http1(addon):
-    f = flow("/v1/chat/completions?x=1&y=%2F", headers=[("authorization", "Bearer sk-client")])
+    f = reverse_flow("/v1/chat/completions?x=1&y=%2F", headers=[("authorization", "Bearer sk-client")])
     addon.request(f)
     assert f.response is None
     r = f.request
@@ -100,7 +71,7 @@ def test_rewrite_http1(addon):
 
 
 def test_rewrite_absolute_form_goes_out_in_origin_form(addon):
-    f = flow("/chat/completions")
+    f = reverse_flow("/chat/completions")
     f.request.authority = "127.0.0.1:1"
     addon.request(f)
     assert f.request.authority == ""
@@ -108,7 +79,7 @@ def test_rewrite_absolute_form_goes_out_in_origin_form(addon):
 
 
 def test_rewrite_http2_sets_authority(addon):
-    f = flow("/v1/models", method="GET")
+    f = reverse_flow("/v1/models", method="GET")
     f.request.http_version = "HTTP/2.0"
     addon.request(f)
     assert f.request.authority == "gateway.ai.cloudflare.com"
@@ -116,21 +87,21 @@ def test_rewrite_http2_sets_authority(addon):
 
 def test_custom_base_url_port(addon):
     addon.tctx.configure(addon, cf_base_url="http://127.0.0.1:8787")
-    f = flow("/v1/embeddings")
+    f = reverse_flow("/v1/embeddings")
     addon.request(f)
     assert f.request.url == f"http://127.0.0.1:8787{PREFIX}/embeddings"
     assert f.request.headers["host"] == "127.0.0.1:8787"
 
 
 def test_other_listeners_are_left_alone(addon):
-    f = flow("/v1/chat/completions", mode="regular")
+    f = reverse_flow("/v1/chat/completions", mode="regular")
     before = f.request.get_state()
     addon.request(f)
     assert f.response is None and f.request.get_state() == before
 
 
 def test_unsafe_path_is_answered_400_and_not_rewritten(addon):
-    f = flow("/v1/%2e%2e/secret")
+    f = reverse_flow("/v1/%2e%2e/secret")
     addon.request(f)
     assert f.response.status_code == 400
     body = answered(f)
@@ -143,7 +114,7 @@ def test_fail_closed_on_internal_error(addon, monkeypatch, caplog):
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr(gateway_mod.paths, "map_target", boom)
-    f = flow()
+    f = reverse_flow()
     with caplog.at_level(logging.ERROR):
         addon.request(f)
     assert f.response.status_code == 500
@@ -153,14 +124,14 @@ def test_fail_closed_on_internal_error(addon, monkeypatch, caplog):
 
 
 def test_hooks_skip_flows_already_answered(addon):
-    f = flow()
+    f = reverse_flow()
     f.response = http.Response.make(204)
     addon.request(f)
     assert f.request.host == "127.0.0.1"
 
 
 def test_health_is_local_and_unlogged(addon, caplog):
-    f = flow("/healthz", method="GET")
+    f = reverse_flow("/healthz", method="GET")
     with caplog.at_level(logging.INFO):
         addon.request(f)
         addon.response(f)
@@ -170,10 +141,10 @@ def test_health_is_local_and_unlogged(addon, caplog):
 
 def test_token_injected_only_when_absent(addon):
     addon.tctx.configure(addon, cf_token="cf-token-123456789")
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     assert f.request.headers["cf-aig-authorization"] == "Bearer cf-token-123456789"
-    f = flow(headers=[("cf-aig-authorization", "Bearer client-own")])
+    f = reverse_flow(headers=[("cf-aig-authorization", "Bearer client-own")])
     addon.request(f)
     assert f.request.headers["cf-aig-authorization"] == "Bearer client-own"
 
@@ -184,7 +155,7 @@ def test_token_injected_only_when_absent(addon):
 )
 def test_access_keys_refuse(addon, auth_header):
     addon.tctx.configure(addon, cf_proxy_keys="key-one,key-two")
-    f = flow(headers=[("authorization", auth_header)] if auth_header else [])
+    f = reverse_flow(headers=[("authorization", auth_header)] if auth_header else [])
     addon.request(f)
     assert f.response.status_code == 401
     assert f.response.headers["www-authenticate"].startswith("Bearer")
@@ -196,7 +167,7 @@ def test_access_keys_refuse(addon, auth_header):
 
 def test_access_key_accepted_and_removed(addon):
     addon.tctx.configure(addon, cf_proxy_keys="key-one,key-two", cf_token="gw-token-abcdef")
-    f = flow(headers=[("authorization", "Bearer key-two")])
+    f = reverse_flow(headers=[("authorization", "Bearer key-two")])
     addon.request(f)
     assert f.response is None
     assert "authorization" not in f.request.headers
@@ -205,20 +176,20 @@ def test_access_key_accepted_and_removed(addon):
 
 def test_health_needs_no_key_but_metrics_does(addon):
     addon.tctx.configure(addon, cf_proxy_keys="key-one")
-    f = flow("/healthz", method="GET")
+    f = reverse_flow("/healthz", method="GET")
     addon.request(f)
     assert f.response.status_code == 200
-    f = flow("/metrics", method="GET")
+    f = reverse_flow("/metrics", method="GET")
     addon.request(f)
     assert f.response.status_code == 401
-    f = flow("/metrics", method="GET", headers=[("authorization", "Bearer key-one")])
+    f = reverse_flow("/metrics", method="GET", headers=[("authorization", "Bearer key-one")])
     addon.request(f)
     assert f.response.status_code == 200 and b"cf_gateway_requests" in f.response.content
 
 
 def test_replay_of_rewritten_flow_is_not_rewritten_twice(addon):
     addon.tctx.configure(addon, cf_proxy_keys="key-one")
-    f = flow(headers=[("authorization", "Bearer key-one")])
+    f = reverse_flow(headers=[("authorization", "Bearer key-one")])
     addon.request(f)
     f.is_replay = "request"
     addon.request(f)
@@ -228,7 +199,7 @@ def test_replay_of_rewritten_flow_is_not_rewritten_twice(addon):
 
 def test_secrets_masked_after_sending(addon):
     addon.tctx.configure(addon, cf_token="gw-token-abcdefghijkl")
-    f = flow(
+    f = reverse_flow(
         headers=[
             ("authorization", "Bearer sk-provider-key-0123456789"),
             ("x-api-key", "xak-1234567890abcdef"),
@@ -245,7 +216,7 @@ def test_secrets_masked_after_sending(addon):
 
 def test_redaction_can_be_turned_off(addon):
     addon.tctx.configure(addon, cf_redact="off")
-    f = flow(headers=[("authorization", "Bearer sk-provider-key-0123456789")])
+    f = reverse_flow(headers=[("authorization", "Bearer sk-provider-key-0123456789")])
     addon.request(f)
     f.response = tutils.tresp()
     addon.responseheaders(f)
@@ -260,7 +231,7 @@ def sse_response(body_encoding=None):
 
 
 def test_event_streams_are_streamed_and_recorded(addon):
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = sse_response()
     addon.responseheaders(f)
@@ -273,7 +244,7 @@ def test_event_streams_are_streamed_and_recorded(addon):
 
 
 def test_gzip_stream_recorded_still_encoded(addon):
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = sse_response("gzip")
     addon.responseheaders(f)
@@ -287,7 +258,7 @@ def test_gzip_stream_recorded_still_encoded(addon):
 
 def test_record_limit_truncates_and_says_so(addon, caplog):
     addon.tctx.configure(addon, cf_record_limit="10")
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = sse_response()
     addon.responseheaders(f)
@@ -301,7 +272,7 @@ def test_record_limit_truncates_and_says_so(addon, caplog):
 
 
 def test_json_responses_are_not_streamed(addon):
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = tutils.tresp(headers=http.Headers([(b"content-type", b"application/json")]))
     addon.responseheaders(f)
@@ -310,7 +281,7 @@ def test_json_responses_are_not_streamed(addon):
 
 def test_one_log_line_per_flow_with_summary(addon, caplog):
     body = json.dumps({"model": "openai/gpt-4o-mini", "messages": []}).encode()
-    f = flow(content=body, headers=[("authorization", "Bearer sk-secret-value-0000")])
+    f = reverse_flow(content=body, headers=[("authorization", "Bearer sk-secret-value-0000")])
     addon.request(f)
     usage = {"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
     f.response = tutils.tresp(
@@ -332,7 +303,7 @@ def test_one_log_line_per_flow_with_summary(addon, caplog):
 
 def test_log_requests_off(addon, caplog):
     addon.tctx.configure(addon, cf_log_requests="off")
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = tutils.tresp()
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
@@ -342,7 +313,7 @@ def test_log_requests_off(addon, caplog):
 
 def test_json_log_format(addon, caplog):
     addon.tctx.configure(addon, cf_log_format="json")
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.response = tutils.tresp()
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
@@ -353,7 +324,7 @@ def test_json_log_format(addon, caplog):
 
 
 def test_upstream_failure_warns_with_reason(addon, caplog):
-    f = flow()
+    f = reverse_flow()
     addon.request(f)
     f.error = tflow.terr("Connection refused")
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
@@ -388,7 +359,7 @@ def test_startup_log_names_the_mode_never_the_secrets(caplog, tmp_path):
 
 
 def test_flows_that_never_went_upstream_do_not_warn(addon, caplog):
-    f = flow()
+    f = reverse_flow()
     f.error = tflow.terr(
         "mitmproxy received an HTTP CONNECT request even though it is not running in regular mode"
     )
@@ -401,7 +372,7 @@ def test_flows_that_never_went_upstream_do_not_warn(addon, caplog):
 
 @pytest.mark.parametrize(("method", "code"), [("G(T", "invalid_method")])
 def test_invalid_requests_answered_not_forwarded(addon, method, code):
-    f = flow(method=method)
+    f = reverse_flow(method=method)
     addon.request(f)
     assert answered(f)["error"]["code"] == code
     assert f.request.host == "127.0.0.1"
