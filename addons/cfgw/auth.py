@@ -51,12 +51,25 @@ def mask(value: str) -> str:
     return MASK + value[-4:] if len(value) >= 16 else MASK
 
 
+_SECRET_NAMES = frozenset(name.encode() for name in SECRET_HEADERS)
+
+
+def _mask_field(value: bytes) -> bytes:
+    return mask(value.decode("latin-1")).encode("latin-1")
+
+
 def redact(headers: http.Headers) -> None:
-    """Mask every secret header value in place (all occurrences of each name)."""
-    for name in SECRET_HEADERS:
-        values = headers.get_all(name)
-        if values:
-            headers.set_all(name, [mask(v) for v in values])
+    """Mask every secret header value in place (all occurrences of each name).
+
+    One pass over the raw fields: this runs for every request, and mitmproxy's
+    per-name header lookups each scan and re-encode the whole header list.
+    """
+    fields = headers.fields
+    if any(name.lower() in _SECRET_NAMES for name, _ in fields):
+        headers.fields = tuple(
+            (name, _mask_field(value)) if name.lower() in _SECRET_NAMES else (name, value)
+            for name, value in fields
+        )
 
 
 def inject_token(request: http.Request, token: str | None) -> None:

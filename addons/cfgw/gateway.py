@@ -231,8 +231,10 @@ class CfGateway:
     @staticmethod
     def rewrite(req: http.Request, s: Settings, upstream_target: str) -> None:
         req.scheme = s.upstream.scheme
-        req.host = s.upstream.host
-        req.port = s.upstream.port
+        # Set host and port on the data directly, as mitmproxy's own layers do: their setters each
+        # rebuild Host and :authority, which the two lines below set once and for all.
+        req.data.host = s.upstream.host
+        req.data.port = s.upstream.port
         req.path = upstream_target
         if req.is_http2 or req.is_http3:
             req.authority = s.upstream.hostport

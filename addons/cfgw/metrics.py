@@ -73,6 +73,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.models: set[str] = set()
+        self._children: dict[tuple, object] = {}  # bounded like the label values themselves
         self.requests = Counter(
             "cf_gateway_requests",
             "Requests answered, by model and HTTP status.",
@@ -126,21 +127,29 @@ class Metrics:
             return model
         return OTHER
 
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe(self, record: dict) -> None:
         status = record["status"]
         model = self.model_label(record["model"], status)
         if status is not None:
-            self.requests.labels(model, str(status)).inc()
+            self.child(self.requests, model, str(status)).inc()
         if record["error"]:
-            self.upstream_errors.labels(error_reason(record["error"])).inc()
+            self.child(self.upstream_errors, error_reason(record["error"])).inc()
         if record["duration_ms"] is not None:
-            self.duration.labels(model).observe(record["duration_ms"] / 1000)
+            self.child(self.duration, model).observe(record["duration_ms"] / 1000)
         if record["ttfb_ms"] is not None and status is not None:
-            self.ttfb.labels(model).observe(record["ttfb_ms"] / 1000)
+            self.child(self.ttfb, model).observe(record["ttfb_ms"] / 1000)
         for kind in ("prompt", "completion"):
             n = record[f"{kind}_tokens"]
             if n:
-                self.tokens.labels(model, kind).inc(n)
+                self.child(self.tokens, model, kind).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
