@@ -108,7 +108,7 @@ SECRET_CHARS = string.ascii_letters + string.digits + "-_.~+/="
 def test_mask_keeps_at_most_the_last_four_characters(secret, bearer):
     value = f"Bearer {secret}" if bearer else secret
     out = auth.mask(value)
-    assert secret[-5:] not in out
+    assert secret[-5:] not in out.removeprefix("Bearer ")  # (the scheme word itself may hold it: "earer")
     kept = out.removeprefix("Bearer ").removeprefix(auth.MASK)
     assert len(kept) <= 4 and secret.endswith(kept)
 
