@@ -163,6 +163,19 @@ def start_proxy(
     return proxy
 
 
+def read_until_end(s: socket.socket) -> bytes:
+    """Everything until the peer closes; a reset counts as a close, a socket timeout fails the test."""
+    chunks = []
+    try:
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"the connection was left hanging: {b''.join(chunks)[:200]!r}") from None
+    return b"".join(chunks)
+
+
 def raw_exchange(port: int, data: bytes, half_close: bool = False, timeout: float = 10) -> bytes:
     """Send bytes as they are and read until the proxy closes; a reset counts as a close.
 
@@ -170,21 +183,11 @@ def raw_exchange(port: int, data: bytes, half_close: bool = False, timeout: floa
     would just wait); it is only for requests the proxy cannot complete, because mitmproxy
     drops a flow whose client half-closes before the answer.
     """
-    chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         if half_close:
             s.shutdown(socket.SHUT_WR)
-        try:
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-        except TimeoutError:
-            raise AssertionError(
-                f"the proxy neither answered nor closed: {b''.join(chunks)[:200]!r}"
-            ) from None
-    return b"".join(chunks)
+        return read_until_end(s)
 
 
 def split_answer(answer: bytes) -> tuple[int, bytes, bytes]:

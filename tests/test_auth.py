@@ -21,7 +21,7 @@ from tests.flows import GOOD, PREFIX, reverse_flow
 KEY_A = "pk-alpha-Qz7vWx2LmNpRtYkJhG"
 KEY_B = "pk-bravo-Hd9sUe4FcVbXoZqWmT"
 TOKEN = "cfat-Tq8RwE3yUiOpLkJhGfDsZx"
-PROVIDER_KEY = "sk-proj-Zx4CvBnM7aSdFgHjKlPq"
+PROVIDER_KEY = "prov-key-Zx4CvBnM7aSdFgHjKlPq"
 
 
 def sent(addon, f):

@@ -195,7 +195,7 @@ def test_http2_client(make_proxy, gw):
 
 def test_one_info_line_per_flow_and_no_secret(make_proxy, gw):
     p = make_proxy()
-    secret = "sk-live-secret-value-abcdefghijklmnop"
+    secret = "live-secret-value-abcdefghijklmnop"
     for i in range(3):
         r = httpx.post(
             p.url + f"/v1/chat/completions?i={i}", json=CHAT, headers={"authorization": f"Bearer {secret}"}

@@ -37,6 +37,7 @@ from tests.harness import (
     clean_env,
     free_port,
     raw_exchange,
+    read_until_end,
     split_answer,
     start_proxy,
     wait_for_port,
@@ -571,19 +572,6 @@ def open_held_request(port: int, hold: str, stream: bool) -> socket.socket:
         b"x-standin-hold: %s\r\ncontent-length: %d\r\n\r\n%s" % (hold.encode(), len(body), body)
     )
     return s
-
-
-def read_until_end(s: socket.socket) -> bytes:
-    """Everything until the connection ends; a hang fails the test (socket timeout)."""
-    chunks = []
-    try:
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        raise AssertionError("the client's connection was left hanging") from None
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
