@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from peerproc import launch, stop_group
+
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".litellm-venv"
 DEFAULT_SPEC = "litellm[proxy]==1.106.12"
@@ -113,20 +115,7 @@ class LiteLLMProxy:
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the CLI and its workers (they share the session it was started in)."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, 15)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        stop_group(self.proc, timeout)
 
 
 def start(cli: Path, config: Path, port: int, workdir: Path, wait_for_port) -> LiteLLMProxy:
@@ -155,22 +144,16 @@ def start(cli: Path, config: Path, port: int, workdir: Path, wait_for_port) -> L
         "--num_workers",
         "1",
     ]
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc, listening = launch(
+        cmd,
+        cwd=workdir,
+        log_path=log_path,
+        port=port,
+        wait_for_port=wait_for_port,
+        timeout=START_TIMEOUT,
+        env=env,
+    )
     peer = LiteLLMProxy(proc, port, log_path)
-    try:
-        listening = wait_for_port(port, proc, timeout=START_TIMEOUT)
-    except BaseException:  # Ctrl-C while waiting: do not leave it running
-        peer.stop()
-        raise
     if not listening:
         peer.stop()
         tail = " | ".join(peer.output().strip().splitlines()[-3:])[:300]

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from peerproc import launch, stop_group
+
 
 def find_nginx() -> str | None:
     return shutil.which("nginx") or next(
@@ -111,49 +113,21 @@ class Nginx:
         return "\n".join(parts)
 
     def stop(self, timeout: float = 10) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, 15)  # master and its worker share the session started below
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        stop_group(self.proc, timeout)  # master and its worker share one session
 
 
 def start(binary: str, conf: Path, port: int, wait_for_port, timeout: float = 10) -> Nginx:
     workdir = conf.parent
-    with open(workdir / "stdout.log", "wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "-p",
-                str(workdir),
-                "-e",
-                str(workdir / "error.log"),
-                "-c",
-                str(conf),
-                "-g",
-                "daemon off;",
-            ],
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    cmd = [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf), "-g", "daemon off;"]
+    proc, listening = launch(
+        cmd,
+        cwd=workdir,
+        log_path=workdir / "stdout.log",
+        port=port,
+        wait_for_port=wait_for_port,
+        timeout=timeout,
+    )
     n = Nginx(proc, port, workdir)
-    try:
-        listening = wait_for_port(port, proc, timeout=timeout)
-    except BaseException:  # Ctrl-C while waiting: do not leave it running
-        n.stop()
-        raise
     if not listening:
         n.stop()
         time.sleep(0.1)
