@@ -8,7 +8,6 @@ mitmproxy already holds, and anything unexpected leaves the fields empty.
 from __future__ import annotations
 
 import json
-import zlib
 
 from mitmproxy import http
 
@@ -46,48 +45,21 @@ def _ms(start: float | None, end: float | None) -> int | None:
     return max(0, round((end - start) * 1000))
 
 
-def _inflate(raw: bytes, wbits: int) -> bytes | None:
-    """gzip (every member) or deflate, giving up past DECODED_LIMIT; a cut-short body gives what it holds.
-
-    Not cfgw.usage's incremental decoder: with max_length, CPython's zlib can reach eof with
-    unconsumed_tail still set, and that decoder's loop then never ends.
-    """
-    out = bytearray()
-    data = raw
-    try:
-        while data:
-            d = zlib.decompressobj(wbits)
-            out += d.decompress(data, DECODED_LIMIT + 1 - len(out))
-            if len(out) > DECODED_LIMIT:
-                return None
-            if not d.eof:
-                break  # all input used up: the body was cut short
-            data = d.unused_data
-    except zlib.error:
-        if not out:
-            return raw  # not compressed after all: read it as is, as mitmproxy does
-    return bytes(out)
-
-
 def _decoded(raw: bytes, content_encoding: str | None) -> bytes | None:
-    """The body decoded for parsing; None past DECODED_LIMIT or for encodings we cannot decode."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
-    codings = [c for c in codings if c != "identity"]
-    if not codings:
+    """The body decoded for parsing; None past DECODED_LIMIT or for encodings we cannot decode.
+
+    A body that turns out not to be compressed is read as is, as mitmproxy does; a cut-short
+    one gives what it holds.
+    """
+    try:
+        decoder = make_decoder(content_encoding)
+    except ValueError:  # stacked or unknown encodings
+        return None
+    if decoder is None:
         return raw
-    if len(codings) > 1:
-        return None
-    coding = codings[0]
-    if coding in ("gzip", "x-gzip"):
-        return _inflate(raw, 16 + zlib.MAX_WBITS)
-    if coding == "deflate":  # zlib-wrapped, or raw deflate from some servers
-        wrapped = len(raw) >= 2 and (raw[0] & 0x0F) == 8 and ((raw[0] << 8) | raw[1]) % 31 == 0
-        return _inflate(raw, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
-    if coding not in ("br", "zstd"):
-        return None
     out = bytearray()
     try:
-        for piece in make_decoder(coding)(raw):  # bounded pieces: stops early on a bomb
+        for piece in decoder(raw):  # bounded pieces: stops early on a bomb
             out += piece
             if len(out) > DECODED_LIMIT:
                 return None
