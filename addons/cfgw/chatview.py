@@ -149,20 +149,14 @@ def usage_line(usage: Any) -> str | None:
 
     line = f"usage: prompt {n(u.prompt_tokens)} · completion {n(u.completion_tokens)} · total {n(u.total)}"
     extra = []
-    details = usage.get("prompt_tokens_details")
-    if (
-        isinstance(details, dict)
-        and isinstance(details.get("cached_tokens"), int)
-        and details["cached_tokens"]
+    for section, key, label in (
+        ("prompt_tokens_details", "cached_tokens", "cached"),
+        ("completion_tokens_details", "reasoning_tokens", "reasoning"),
     ):
-        extra.append(f"cached {details['cached_tokens']}")
-    details = usage.get("completion_tokens_details")
-    if (
-        isinstance(details, dict)
-        and isinstance(details.get("reasoning_tokens"), int)
-        and details["reasoning_tokens"]
-    ):
-        extra.append(f"reasoning {details['reasoning_tokens']}")
+        details = usage.get(section)
+        count = details.get(key) if isinstance(details, dict) else None
+        if isinstance(count, int) and count:
+            extra.append(f"{label} {count}")
     if extra:
         line += " (" + ", ".join(extra) + ")"
     return line
