@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cf-gateway launcher: creates .venv on first use, then runs the proxy, the demo, the tests or the benchmarks.
 #
-#   ./run.sh [mitmproxy args...]        proxy (mitmdump) on 0.0.0.0:${HOST_PORT:-3000}
+#   ./run.sh [mitmproxy args...]        proxy (mitmdump) on ${HOST_ADDR:-0.0.0.0}:${HOST_PORT:-3000}
 #   ./run.sh web [mitmproxy args...]    the same with mitmweb (UI on http://127.0.0.1:8081)
 #   ./run.sh demo [mitmproxy args...]   offline: the bundled stand-in gateway + the proxy in front of it
 #   ./run.sh test [pytest args...]      ruff + the whole test suite (also on Python 3.11 + mitmproxy 11 if present)
@@ -88,16 +88,37 @@ print(value if value else default)
 PY
 }
 
+# has_set NAME ARGS...: whether the user's own arguments set mitmproxy option NAME (mitmproxy refuses
+# an option given twice, so run.sh's defaults must step aside).
+has_set() {
+  local name="$1" a; shift
+  for a in "$@"; do [[ "$a" == "$name="* || "$a" == "$name" ]] && return 0; done
+  return 1
+}
+
+# proxy_args TOOL ARGS...: the mitmproxy arguments run.sh adds in front of the user's own.
 proxy_args() {
-  local port base
+  local tool="$1" port addr; shift
   port="$(read_env HOST_PORT 3000)"
   [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] ||
     die "HOST_PORT must be a port number (1-65535), got '$port'"
-  base="$(read_env CF_BASE_URL https://gateway.ai.cloudflare.com)"
-  # The addon validates CF_BASE_URL and names it if it is malformed; mitmproxy only needs a target here.
-  [[ "$base" =~ ^https?://[^/@?#]+/?$ ]] || base=https://gateway.ai.cloudflare.com
+  addr="$(read_env HOST_ADDR 0.0.0.0)"
+  [[ "$addr" =~ ^[0-9A-Za-z.:_-]+$ ]] || die "HOST_ADDR must be an address such as 0.0.0.0 or 127.0.0.1, got '$addr'"
+  [[ "$addr" == *:* ]] && addr="[$addr]"
+  # The reverse: target is port 0, where nothing can listen: the addon aims every request it admits
+  # at the gateway itself, so if the addon is not loaded (a bad option, a syntax error on reload),
+  # requests fail with 502 instead of being forwarded unrewritten (fail closed).
   # lazy: connect upstream only for a real request, so an unreachable gateway gives a 502, not an empty reply.
-  printf '%s\n' -s addons/cf_gateway.py --mode "reverse:${base%/}@0.0.0.0:${port}" --set connection_strategy=lazy
+  printf '%s\n' -s addons/cf_gateway.py --mode "reverse:http://127.0.0.1:0@${addr}:${port}" \
+    --set connection_strategy=lazy
+  # One line per request (the addon's summary); --set flow_detail=2 shows mitmproxy's own dump.
+  has_set flow_detail "$@" || [ "$tool" != mitmdump ] || printf '%s\n' --set flow_detail=0
+  # mitmweb's flow list shows the addon's comment (model, tokens, time) unless the user picks columns.
+  # (web_columns is a list: one --set per column; the comment comes before the long gateway URL.)
+  if [ "$tool" = mitmweb ] && ! has_set web_columns "$@"; then
+    local c
+    for c in icon method status comment path size time; do printf '%s\n' --set "web_columns=$c"; done
+  fi
 }
 
 cmd="${1:-run}"
@@ -110,12 +131,12 @@ esac
 case "$cmd" in
   run)
     main_venv
-    mapfile -t args < <(proxy_args)
+    mapfile -t args < <(proxy_args mitmdump "$@")
     exec .venv/bin/mitmdump "${args[@]}" "$@"
     ;;
   web)
     main_venv
-    mapfile -t args < <(proxy_args)
+    mapfile -t args < <(proxy_args mitmweb "$@")
     exec .venv/bin/mitmweb --web-host 127.0.0.1 "${args[@]}" "$@"
     ;;
   demo)
@@ -126,6 +147,8 @@ case "$cmd" in
     main_venv test
     echo "== ruff" >&2
     .venv/bin/ruff check .
+    echo "== mypy" >&2
+    .venv/bin/python -m mypy
     echo "== tests on $(.venv/bin/python --version) + mitmproxy $(.venv/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
     rc=0
     .venv/bin/python -m pytest "$@" || rc=$?

@@ -1,25 +1,36 @@
-"""cf-gateway: a mitmproxy addon that turns a reverse-mode listener into a proxy for
-Cloudflare AI Gateway's OpenAI-compatible endpoint.
+"""cf-gateway: a mitmproxy addon that turns a reverse-mode listener into a local proxy for
+Cloudflare AI Gateway (OpenAI chat completions, Anthropic Messages, OpenAI Responses).
 
-    mitmdump -s addons/cf_gateway.py --mode reverse:https://gateway.ai.cloudflare.com@3000 \
+    mitmdump -s addons/cf_gateway.py --mode reverse:http://127.0.0.1:0@3000 \
         --set connection_strategy=lazy
 
-Configuration comes from options (``--set cf_...``), the environment and ``.env``;
-see README.md. The modules behind it live in ``addons/cfgw/``.
+The ``reverse:`` target is port 0, where nothing can ever listen: the addon sends every
+request it admits to the gateway itself, so a request it did not handle (the addon
+failed to load, was unloaded by a bad option, or hit a syntax error on reload) fails
+with 502 instead of going anywhere unrewritten. Configuration comes from options
+(``--set cf_...``), the environment and ``.env``; see README.md. The modules behind it
+live in ``addons/cfgw/``.
 """
 
-from cfgw import chatview
-from cfgw.gateway import CfGateway
+from __future__ import annotations
+
+import sys
+
+# mitmproxy reloads this script when it changes, but a plain import would keep the cfgw modules
+# cached from the first load: drop them so every (re)load runs the code on disk.
+for _name in [n for n in sys.modules if n == "cfgw" or n.startswith("cfgw.")]:
+    del sys.modules[_name]
+
+from cfgw import chatview  # noqa: E402
+from cfgw.gateway import CfGateway  # noqa: E402
+from cfgw.reloader import ModuleReloader  # noqa: E402
 
 
 class ChatViewRegistration:
-    """Adds the LLM chat content view on mitmproxy 12 (11 has no such API, and works without it)."""
+    """Adds the LLM transcript content view on mitmproxy 12 (11 has no such API, and works without it)."""
 
     def load(self, loader) -> None:
         chatview.register()
 
-    def done(self) -> None:
-        chatview.unregister()
 
-
-addons = [CfGateway(), ChatViewRegistration()]
+addons = [CfGateway(), ChatViewRegistration(), ModuleReloader(__file__)]

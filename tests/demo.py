@@ -16,8 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import ADDON, ROOT, clean_env, wait_for_port
+from tests.harness import ADDON, ROOT, UNSERVABLE, clean_env, wait_for_port
 from tests.standin_gateway import StandinGateway
+
+
+WEB_COLUMNS = ("icon", "method", "status", "comment", "path", "size", "time")  # as run.sh web
 
 
 def host_port() -> int:
@@ -35,14 +38,21 @@ def main(argv: list[str]) -> int:
     port = host_port()
     gw = StandinGateway(gateway_id="demo").start()
     tool = "mitmweb" if web else "mitmdump"
+    # The user's own --set wins: mitmproxy refuses an option given twice.
+    ours = [
+        ("connection_strategy", "lazy"),
+        ("cf_account_id", gw.account_id),
+        ("cf_gateway_id", gw.gateway_id),
+        ("cf_base_url", gw.base_url),
+        *([("web_columns", c) for c in WEB_COLUMNS] if web else [("flow_detail", "0")]),
+    ]
+    theirs = {a.partition("=")[0] for a in extra}
     cmd = [
         str(Path(sys.executable).with_name(tool)),
         "-s", str(ADDON),
-        "--mode", f"reverse:{gw.base_url}@127.0.0.1:{port}",
-        "--set", "connection_strategy=lazy",
-        "--set", f"cf_account_id={gw.account_id}",
-        "--set", f"cf_gateway_id={gw.gateway_id}",
-        "--set", f"cf_base_url={gw.base_url}",
+        # Port 0: nothing can listen there, so a request the addon did not rewrite fails (fail closed).
+        "--mode", f"reverse:{UNSERVABLE}@127.0.0.1:{port}",
+        *[arg for name, value in ours if name not in theirs for arg in ("--set", f"{name}={value}")],
         *(["--web-host", "127.0.0.1"] if web else []),
         *extra,
     ]  # fmt: skip

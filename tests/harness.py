@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "cf_gateway.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
+# The reverse: target every proxy gets, as run.sh does: nothing can listen on port 0, so a request
+# the addon did not rewrite fails with 502 instead of reaching any upstream (fail closed).
+UNSERVABLE = "http://127.0.0.1:0"
 GATEWAY_ID = "test-gw"
 CF_ENV = (
     "ACCOUNT_ID",
@@ -33,7 +36,13 @@ CF_ENV = (
     "PROXY_KEYS",
     "CF_REDACT",
     "CF_METRICS",
+    "CF_ROUTES",
+    "CF_GATEWAY_ERRORS",
+    "CF_CLIENT_GATEWAY_HEADERS",
+    "CF_OPEN_PROXY",
+    "CF_LOG_FILE",
     "HOST_PORT",
+    "HOST_ADDR",
 )
 
 
@@ -137,7 +146,7 @@ def start_proxy(
         "--set",
         f"confdir={workdir / 'conf'}",
         "--mode",
-        f"reverse:{reverse_target or upstream}@127.0.0.1:{port}",
+        f"reverse:{reverse_target or (UNSERVABLE if addon else upstream)}@127.0.0.1:{port}",
         "--set",
         "connection_strategy=lazy",
     ]

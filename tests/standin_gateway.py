@@ -1,35 +1,66 @@
 #!/usr/bin/env python3
-"""Local stand-in for Cloudflare AI Gateway's OpenAI-compatible ("compat") endpoint.
+"""Local stand-in for Cloudflare AI Gateway: the compat endpoint and the OpenAI and Anthropic
+provider-native routes.
 
 Why: cf-gateway's end-to-end tests and benchmarks need an upstream that behaves like
-``gateway.ai.cloudflare.com/v1/{account}/{gateway}/compat`` (URLs, error envelope and
-codes, ``cf-aig-*`` headers, SSE streaming, gzip) without network access or real keys.
+``gateway.ai.cloudflare.com/v1/{account}/{gateway}/...`` (URLs, error envelopes and codes,
+``cf-aig-*`` headers, SSE streaming, gzip) without network access or real keys.
 ``x-standin-*`` request headers let tests that go through the proxy script failures.
 Stdlib only, so it runs in any venv the proxy runs in (Python 3.11+).
 
 In-process::
 
     with StandinGateway(require_token="tok") as gw:
-        httpx.post(gw.base_url + gw.compat_prefix + "/chat/completions", ...)
+        httpx.post(gw.compat_url + "/chat/completions", ...)
+        anthropic.Anthropic(base_url=gw.anthropic_url, api_key="sk-ant-...")
+        openai.OpenAI(base_url=gw.openai_url, api_key="sk-...")
         gw.requests[-1].path
+
+``require_token=None`` (the default) emulates a gateway created before 2026-11-03 without
+authentication; real new gateways always require ``cf-aig-authorization``, so tests of the
+normal case pass a token.
 
 CLI (``./run.sh demo``, benchmarks)::
 
     python tests/standin_gateway.py [--host H] [--port P] [--account-id A]
         [--gateway-id G] [--require-token T] [--quiet]
 
-Order of checks: record -> x-standin-echo -> x-standin-close/-hang -> prefix (2001)
--> compat sub-path (2019; skipped when x-standin-status is set) -> token (2009)
--> x-standin-status -> method (405) -> body (invalid JSON, 2008 provider) -> answer.
+Routes under ``/v1/{account}/{gateway}/``:
 
-Test-control request headers:
+- ``compat/chat/completions``, ``compat/embeddings`` (POST), ``compat/models`` (GET):
+  OpenAI format, ``{provider}/{model}`` names.
+- ``openai/responses`` (POST), ``openai/responses/{id}`` (GET, DELETE),
+  ``openai/responses/{id}/input_items`` (GET), ``openai/responses/{id}/cancel`` (POST),
+  ``openai/chat/completions`` (POST): OpenAI's own API, bare model names. Created responses
+  are remembered (the last 1000, unless ``store: false``); ``background: true`` ones stay
+  ``queued`` until the first retrieve, so cancel has something to cancel.
+- ``anthropic/v1/messages``, ``anthropic/v1/messages/count_tokens`` (POST, any query):
+  Anthropic's own API, bare model names.
+- Other ``{provider}/...`` routes are not emulated: 400/2008.
+
+Order of checks: record -> x-standin-echo -> x-standin-close/-hang -> prefix (2001)
+-> compat sub-path (2019; skipped when x-standin-status is set) or provider (2008)
+-> token (2009) -> x-standin-status -> then per route:
+compat: method (405) -> body (invalid JSON, 2008 provider) -> answer;
+openai/anthropic: route (provider's 404) -> method (405) -> provider key (401)
+-> anthropic-version (400) -> body and fields (400) -> model (Anthropic 404, OpenAI 400/404) -> answer.
+
+Provider keys on native routes (no header = Unified Billing / stored key, accepted): the gateway
+forwards any key header, so the stand-in checks it like the provider does. Anthropic: ``x-api-key``
+must start with ``sk-ant-`` (else 401 ``invalid x-api-key``); any ``Authorization`` must be
+``Bearer sk-ant-...`` (else 401 ``Invalid bearer token``). OpenAI: any ``Authorization`` must be
+``Bearer sk-...`` (else 401 ``invalid_api_key``).
+
+Test-control request headers (every route; streams of all formats):
 
 - ``x-standin-echo: 1``: 200 JSON {method, path, query, headers, body} on any path.
 - ``x-standin-close: before-headers`` (FIN, no answer) / ``mid-body`` (short body, RST);
   ``x-standin-hang: S``: silence for S seconds (max 60), then close.
-- ``x-standin-status: 4xx|5xx`` (+ ``x-standin-retry-after``): OpenAI-shaped provider error.
-- ``x-standin-events: N``, ``x-standin-event-bytes: B`` (each content event exactly B
-  bytes), ``x-standin-delay-ms: D`` (between stream events; once before a JSON answer).
+- ``x-standin-status: 4xx|5xx`` (+ ``x-standin-retry-after``): provider error in the route's
+  provider shape (OpenAI's for compat and openai, Anthropic's for anthropic).
+- ``x-standin-events: N``, ``x-standin-event-bytes: B`` (each text event exactly B bytes;
+  Responses streams pad the ``obfuscation`` field so ``*.done`` texts stay clean),
+  ``x-standin-delay-ms: D`` (between stream events; once before a JSON answer).
 - ``x-standin-hold: NAME``: streams block after their first event, JSON answers before
   being sent, until ``release(NAME)`` (sticky until ``clear()``) or 30 s.
 - ``x-standin-reset-after: N``: RST after N stream events (``data: [DONE]`` counts).
@@ -41,19 +72,25 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import email.utils
+import functools
 import hashlib
 import http
+import itertools
 import json
 import random
 import signal
 import socket
 import socketserver
+import string
 import struct
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, TextIO
 
@@ -68,6 +105,9 @@ TOOL_ARGUMENTS = '{"city": "Paris"}'
 # How OpenAI fragments tool-call arguments across stream chunks (joined == TOOL_ARGUMENTS).
 TOOL_ARGUMENT_PIECES = ('{"ci', 'ty": ', '"Par', 'is"}')
 SYSTEM_FINGERPRINT = "fp_standin"
+THINKING_TEXT = "The user wants a short greeting."
+THINKING_SIGNATURE = "EqQBCkYIBxgCKkBzdGFuZC1pbiB0aGlua2luZyBzaWduYXR1cmU="
+MAX_STORED_RESPONSES = 1000
 EMBEDDING_DIMS = 8
 HOLD_TIMEOUT = 30.0
 MAX_HANG = 60.0
@@ -105,6 +145,22 @@ _PROVIDER_ERRORS = {
     502: ("server_error", "bad_gateway"),
     503: ("server_error", "service_unavailable"),
     504: ("server_error", "gateway_timeout"),
+}
+
+SSE_UTF8 = "text/event-stream; charset=utf-8"  # what Anthropic and OpenAI send (compat: no charset)
+COMPAT_ROUTES = {"chat/completions": "POST", "embeddings": "POST", "models": "GET"}
+NATIVE_PROVIDERS = ("openai", "anthropic")
+
+# Anthropic error type for x-standin-status on the anthropic route.
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
 }
 
 _PAD_MARK = b"\x7fPAD\x7f"  # survives JSON encoding unescaped; replaced by padding bytes
@@ -186,6 +242,338 @@ def _int_header(value: str | None, default: int | None = None) -> int | None:
         return int(value.strip())
     except ValueError:
         return default
+
+
+_ID_CHARS = string.ascii_letters + string.digits
+
+
+def _hex_id(prefix: str) -> str:
+    """OpenAI's long ids: resp_/msg_/fc_/rs_ plus 50 hex digits."""
+    return f"{prefix}{random.getrandbits(200):050x}"
+
+
+def _base62_id(prefix: str, length: int = 22) -> str:
+    """Anthropic's ids (msg_01..., toolu_01..., req_011C...) and OpenAI's call_ ids."""
+    return prefix + "".join(random.choices(_ID_CHARS, k=length))
+
+
+def _reply_pieces(n: int) -> Iterator[str]:
+    """The streamed text: REPLY_WORDS cycled, one word per event (joined == REPLY_TEXT for n=5)."""
+    for i in range(n):
+        word = REPLY_WORDS[i % len(REPLY_WORDS)]
+        yield word if i == 0 else " " + word
+
+
+def _sized(render: Callable[[str], bytes], size: int, fillers: dict[int, bytes]) -> bytes:
+    """``render(filler)`` grown to exactly `size` bytes (when it fits) by filler 'x's.
+
+    The filler is spliced in as bytes at _PAD_MARK: JSON-encoding 64 KB per event halves throughput.
+    """
+    if size <= 0:
+        return render("")
+    event = render(_PAD_MARK.decode())
+    pad = size - (len(event) - len(_PAD_MARK))
+    if pad <= 0:
+        return event.replace(_PAD_MARK, b"", 1)
+    filler = fillers.get(pad)
+    if filler is None:
+        filler = fillers[pad] = b"x" * pad
+    return event.replace(_PAD_MARK, filler, 1)
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    """One named SSE event, as Anthropic and the Responses API send them."""
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+
+
+def _first_tool_name(tools: Any, forced: bool) -> str | None:
+    """Name of the first tool in a native request (flat ``name``, or chat's ``function.name``)."""
+    if isinstance(tools, list) and tools:
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        fn = first.get("function")
+        name = first.get("name") or (fn.get("name") if isinstance(fn, dict) else None)
+        return name if isinstance(name, str) and name else DEFAULT_TOOL_NAME
+    return DEFAULT_TOOL_NAME if forced else None
+
+
+# ---- Anthropic Messages ------------------------------------------------------
+
+
+def _anthropic_input_tokens(req: dict[str, Any]) -> int:
+    messages = req.get("messages")
+    total = _count_words(req.get("system"))
+    if isinstance(messages, list):
+        total += sum(_count_words(m.get("content")) for m in messages if isinstance(m, dict))
+    return total
+
+
+def _anthropic_thinking(req: dict[str, Any]) -> bool:
+    thinking = req.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _anthropic_message(model: str, req: dict[str, Any], tool: str | None) -> dict[str, Any]:
+    """A Messages API answer: [thinking] then tool_use or text."""
+    content: list[dict[str, Any]] = []
+    output = 0
+    if _anthropic_thinking(req):
+        content.append({"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE})
+        output += len(THINKING_TEXT.split())
+    if tool:
+        tool_id = _base62_id("toolu_01")
+        content.append({"type": "tool_use", "id": tool_id, "name": tool, "input": json.loads(TOOL_ARGUMENTS)})
+        output += len(TOOL_ARGUMENTS.split())
+    else:
+        content.append({"type": "text", "text": REPLY_TEXT})
+        output += len(REPLY_WORDS)
+    return {
+        "id": _base62_id("msg_01"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "tool_use" if tool else "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": _anthropic_input_tokens(req),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output,
+        },
+    }
+
+
+def _anthropic_delta(index: int, delta: dict[str, Any]) -> bytes:
+    return _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def _anthropic_text_delta(index: int, text: str, filler: str) -> bytes:
+    return _anthropic_delta(index, {"type": "text_delta", "text": text + filler})
+
+
+def _anthropic_events(message: dict[str, Any], n_events: int, event_bytes: int) -> Iterator[bytes]:
+    """`message` as Anthropic streams it; its text block becomes `n_events` word deltas."""
+    opening = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**message["usage"], "output_tokens": 1},
+    }
+    yield _sse("message_start", {"type": "message_start", "message": opening})
+    output = 0
+    fillers: dict[int, bytes] = {}
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        if kind == "thinking":
+            start: dict[str, Any] = {"type": "thinking", "thinking": "", "signature": ""}
+        elif kind == "tool_use":
+            start = {**block, "input": {}}
+        else:
+            start = {"type": "text", "text": ""}
+        opened = {"type": "content_block_start", "index": index, "content_block": start}
+        yield _sse("content_block_start", opened)
+        if index == 0:
+            yield _sse("ping", {"type": "ping"})
+        if kind == "thinking":
+            words = block["thinking"].split(" ")
+            half = len(words) // 2
+            for piece in (" ".join(words[:half]), " " + " ".join(words[half:])):
+                yield _anthropic_delta(index, {"type": "thinking_delta", "thinking": piece})
+            yield _anthropic_delta(index, {"type": "signature_delta", "signature": block["signature"]})
+            output += len(words)
+        elif kind == "tool_use":
+            for piece in ("", *TOOL_ARGUMENT_PIECES):  # Anthropic opens with an empty fragment
+                yield _anthropic_delta(index, {"type": "input_json_delta", "partial_json": piece})
+            output += len(TOOL_ARGUMENTS.split())
+        else:
+            for piece in _reply_pieces(n_events):
+                yield _sized(functools.partial(_anthropic_text_delta, index, piece), event_bytes, fillers)
+            output += n_events
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    yield _sse("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output}})
+    yield _sse("message_stop", {"type": "message_stop"})
+
+
+# ---- OpenAI Responses --------------------------------------------------------
+
+
+def _responses_input_tokens(req: dict[str, Any]) -> int:
+    total = _count_words(req.get("instructions"))
+    inp = req.get("input")
+    if isinstance(inp, str):
+        return total + _count_words(inp)
+    if isinstance(inp, list):
+        for item in inp:
+            if isinstance(item, dict):
+                total += _count_words(item.get("content")) + _count_words(item.get("output"))
+    return total
+
+
+def _responses_input_items(req: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's input as ``input_items`` lists it: message items with ids and typed parts."""
+    inp = req.get("input")
+    if isinstance(inp, str):
+        inp = [{"role": "user", "content": inp}]
+    if not isinstance(inp, list):
+        return []
+    items = []
+    for raw in inp:
+        if not isinstance(raw, dict):
+            continue
+        role = raw.get("role")
+        if isinstance(role, str) and raw.get("type", "message") == "message":
+            content = raw.get("content")
+            if isinstance(content, str):
+                kind = "output_text" if role == "assistant" else "input_text"
+                content = [{"type": kind, "text": content}]
+            item = {"type": "message", "id": _hex_id("msg_"), "status": "completed", "role": role}
+            items.append({**item, "content": content})
+        else:
+            items.append({"id": _hex_id("item_"), **raw})
+    return items
+
+
+def _response_object(model: str, req: dict[str, Any], pieces: list[str], tool: str | None) -> dict[str, Any]:
+    """A completed Responses API object: [reasoning] then function_call or message (text = pieces)."""
+    reasoning = req.get("reasoning") if isinstance(req.get("reasoning"), dict) else None
+    output: list[dict[str, Any]] = []
+    reasoning_tokens = 0
+    if reasoning is not None and reasoning.get("effort") != "none":
+        wants_summary = reasoning.get("summary") in ("auto", "concise", "detailed")
+        summary = [{"type": "summary_text", "text": THINKING_TEXT}] if wants_summary else []
+        output.append({"type": "reasoning", "id": _hex_id("rs_"), "summary": summary})
+        reasoning_tokens = len(THINKING_TEXT.split())
+    if tool:
+        output.append(
+            {
+                "type": "function_call",
+                "id": _hex_id("fc_"),
+                "call_id": _base62_id("call_", 24),
+                "name": tool,
+                "arguments": TOOL_ARGUMENTS,
+                "status": "completed",
+            }
+        )
+        visible = len(TOOL_ARGUMENTS.split())
+    else:
+        text = {"type": "output_text", "text": "".join(pieces), "annotations": [], "logprobs": []}
+        message = {"type": "message", "id": _hex_id("msg_"), "status": "completed", "role": "assistant"}
+        output.append({**message, "content": [text]})
+        visible = len(pieces)
+    input_tokens = _responses_input_tokens(req)
+    output_tokens = visible + reasoning_tokens  # OpenAI counts reasoning inside output_tokens
+    return {
+        "id": _hex_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "background": req.get("background") is True,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.get("instructions"),
+        "max_output_tokens": req.get("max_output_tokens"),
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": req.get("parallel_tool_calls", True),
+        "previous_response_id": req.get("previous_response_id"),
+        "reasoning": {
+            "effort": reasoning.get("effort") if reasoning else None,
+            "summary": reasoning.get("summary") if reasoning else None,
+        },
+        "store": req.get("store") is not False,
+        "temperature": req.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": req.get("tool_choice", "auto"),
+        "tools": req.get("tools") or [],
+        "top_p": req.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "user": None,
+        "metadata": req.get("metadata") or {},
+    }
+
+
+def _unfinished(response: dict[str, Any], status: str) -> dict[str, Any]:
+    """The response as seen before (or instead of) completing: no output, no usage."""
+    return {**response, "status": status, "output": [], "usage": None}
+
+
+def _responses_events(response: dict[str, Any], pieces: list[str], event_bytes: int) -> Iterator[bytes]:
+    """`response` as the Responses API streams it: typed events with a running sequence_number."""
+    sequence = itertools.count()
+
+    def event(type_: str, **fields: Any) -> bytes:
+        return _sse(type_, {"type": type_, "sequence_number": next(sequence), **fields})
+
+    def text_delta(where: dict[str, Any], piece: str, filler: str) -> bytes:
+        # OpenAI pads deltas with random "obfuscation" text: the natural place for test padding.
+        extra = {"obfuscation": filler} if filler else {}
+        return event("response.output_text.delta", **where, delta=piece, logprobs=[], **extra)
+
+    pending = _unfinished(response, "in_progress")
+    yield event("response.created", response=pending)
+    yield event("response.in_progress", response=pending)
+    fillers: dict[int, bytes] = {}
+    for index, item in enumerate(response["output"]):
+        kind = item["type"]
+        if kind == "message":
+            added = {**item, "status": "in_progress", "content": []}
+        elif kind == "function_call":
+            added = {**item, "arguments": "", "status": "in_progress"}
+        else:
+            added = {**item, "summary": []}
+        yield event("response.output_item.added", output_index=index, item=added)
+        if kind == "message":
+            part = item["content"][0]
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            yield event("response.content_part.added", **where, part={**part, "text": ""})
+            for piece in pieces:
+                yield _sized(functools.partial(text_delta, where, piece), event_bytes, fillers)
+            yield event("response.output_text.done", **where, text=part["text"], logprobs=[])
+            yield event("response.content_part.done", **where, part=part)
+        elif kind == "function_call":
+            where = {"item_id": item["id"], "output_index": index}
+            for piece in TOOL_ARGUMENT_PIECES:
+                yield event("response.function_call_arguments.delta", **where, delta=piece)
+            name, arguments = item["name"], item["arguments"]
+            yield event("response.function_call_arguments.done", **where, name=name, arguments=arguments)
+        else:
+            for s_index, part in enumerate(item["summary"]):
+                where = {"item_id": item["id"], "output_index": index, "summary_index": s_index}
+                yield event("response.reasoning_summary_part.added", **where, part={**part, "text": ""})
+                yield event("response.reasoning_summary_text.delta", **where, delta=part["text"])
+                yield event("response.reasoning_summary_text.done", **where, text=part["text"])
+                yield event("response.reasoning_summary_part.done", **where, part=part)
+        yield event("response.output_item.done", output_index=index, item=item)
+    yield event("response.completed", response=response)
+
+
+class _StoredResponse:
+    """A created response as retrieve/cancel/input_items see it.
+
+    state: "sync" (created without background), "queued" (background, not yet retrieved),
+    "completed" (background, retrieved once), "cancelled".
+    """
+
+    __slots__ = ("input_items", "response", "state")
+
+    def __init__(self, response: dict[str, Any], input_items: list[dict[str, Any]], state: str) -> None:
+        self.response = response
+        self.input_items = input_items
+        self.state = state
+
+    def view(self) -> dict[str, Any]:
+        if self.state in ("queued", "cancelled"):
+            return _unfinished(self.response, self.state)
+        return self.response
 
 
 class Recorded(NamedTuple):
@@ -375,6 +763,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
         headers.append(("Content-Length", str(len(body))))
         headers += extra or []
+        headers += self._provider_headers
         headers += self._gateway_headers(200 <= status < 300)
         head = self._head(status, headers)
         self.wfile.write(head if self.command == "HEAD" else head + body)
@@ -408,6 +797,15 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         err = {"message": message, "type": type_, "param": param, "code": code}
         self._send_json(status, {"error": err}, extra)
+
+    def _anthropic_error(
+        self, status: int, type_: str, message: str, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        body: dict[str, Any] = {"type": "error", "error": {"type": type_, "message": message}}
+        for key, value in self._provider_headers:
+            if key == "request-id":
+                body["request_id"] = value
+        self._send_json(status, body, extra)
 
     def _reset(self) -> None:
         """Abort with a TCP RST: SO_LINGER 0, then a real close of the socket."""
@@ -461,6 +859,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._status = 0
         self._pre_delay = 0.0
+        self._provider_headers: list[tuple[str, str]] = []
         gw = self.server.gateway
         target = self.path  # raw request target, exactly as sent
         if target[:8].lower().startswith(("http://", "https://")):  # absolute-form target
@@ -527,43 +926,73 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith(gw.gateway_prefix):
             self._gateway_error(2001)
             return
-        rest = path[len(gw.gateway_prefix) :]
-        if rest != "compat" and not rest.startswith("compat/"):
-            # Provider-native routes (.../openai/..., .../anthropic/...) are not emulated.
-            self._gateway_error(2008)
-            return
-        sub = rest[len("compat/") :]
+        provider, _, sub = path[len(gw.gateway_prefix) :].partition("/")
         status_override = _int_header(h.get("x-standin-status"))
         if status_override is not None and not 400 <= status_override <= 599:
             status_override = None
-        routes = {"chat/completions": "POST", "embeddings": "POST", "models": "GET"}
-        if status_override is None and sub not in routes:
-            self._gateway_error(2019, f"Compatibility endpoint: {sub} is not supported.")
+        if provider == "compat":
+            if status_override is None and sub not in COMPAT_ROUTES:
+                self._gateway_error(2019, f"Compatibility endpoint: {sub} is not supported.")
+                return
+        elif provider not in NATIVE_PROVIDERS:
+            self._gateway_error(2008)  # other providers' native routes are not emulated
             return
         if gw.require_token is not None and h.get("cf-aig-authorization") != f"Bearer {gw.require_token}":
             self._gateway_error(2009)
             return
         delay_ms = _int_header(h.get("x-standin-delay-ms"), 0) or 0
         self._pre_delay = max(delay_ms, 0) / 1000
+        # What the provider adds to every answer (the gateway passes it through).
+        if provider == "anthropic":
+            self._provider_headers = [("request-id", _base62_id("req_011C", 20))]
+        elif provider == "openai":
+            self._provider_headers = [("x-request-id", f"req_{random.getrandbits(128):032x}")]
         if status_override is not None:
-            type_, code = _PROVIDER_ERRORS.get(
-                status_override,
-                ("server_error", "server_error")
-                if status_override >= 500
-                else ("invalid_request_error", f"http_{status_override}"),
-            )
-            retry_after = h.get("x-standin-retry-after")
-            self._provider_error(
-                status_override,
-                f"Stand-in provider error {status_override}",
-                type_,
-                code=code,
-                extra=[("Retry-After", retry_after.strip())] if retry_after else None,
-            )
+            self._status_override(provider, status_override)
+        elif provider == "compat":
+            self._compat(sub, path, body)
+        elif provider == "openai":
+            self._openai(sub, query, body)
+        else:
+            self._anthropic(sub, body)
+
+    def _status_override(self, provider: str, status: int) -> None:
+        """x-standin-status: a provider error in the route's provider shape."""
+        retry_after = self.headers.get("x-standin-retry-after")
+        extra = [("Retry-After", retry_after.strip())] if retry_after else None
+        message = f"Stand-in provider error {status}"
+        if provider == "anthropic":
+            type_ = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+            self._anthropic_error(status, type_, message, extra)
             return
-        allowed = routes[sub]
-        method = "GET" if self.command == "HEAD" and allowed == "GET" else self.command
-        if method != allowed:
+        fallback = ("invalid_request_error", f"http_{status}")
+        if status >= 500:
+            fallback = ("server_error", "server_error")
+        type_, code = _PROVIDER_ERRORS.get(status, fallback)
+        self._provider_error(status, message, type_, code=code, extra=extra)
+
+    def _method_allowed(self, allowed: tuple[str, ...]) -> bool:
+        return self.command in allowed or (self.command == "HEAD" and "GET" in allowed)
+
+    def _openai_json(self, body: bytes) -> dict[str, Any] | None:
+        """The JSON object body, or None after answering OpenAI's parse error."""
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            req = None
+        if isinstance(req, dict):
+            return req
+        self._provider_error(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+            "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+            "sent was not valid JSON.)",
+        )
+        return None
+
+    def _compat(self, sub: str, path: str, body: bytes) -> None:
+        allowed = COMPAT_ROUTES[sub]
+        if not self._method_allowed((allowed,)):
             self._provider_error(
                 405, f"Invalid method for URL ({self.command} {path})", extra=[("Allow", allowed)]
             )
@@ -575,20 +1004,14 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             self._send_json(200, {"object": "list", "data": data})
             return
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            req = None
-        if not isinstance(req, dict):
-            self._provider_error(
-                400,
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-                "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
-                "sent was not valid JSON.)",
-            )
+        req = self._openai_json(body)
+        if req is None:
             return
         model = req.get("model")
-        provider, slash, name = model.partition("/") if isinstance(model, str) else ("", "", "")
+        if not isinstance(model, str):
+            self._gateway_error(2008)
+            return
+        provider, slash, name = model.partition("/")
         if not (provider and slash and name) or provider.startswith("@"):
             self._gateway_error(2008)
             return
@@ -596,6 +1019,181 @@ class _Handler(BaseHTTPRequestHandler):
             self._embeddings(model, req)
         else:
             self._chat(model, req)
+
+    # ---- OpenAI's own API (.../openai) -------------------------------------
+
+    def _openai(self, sub: str, query: str, body: bytes) -> None:
+        parts = sub.split("/")
+        resp_id = parts[1] if len(parts) > 1 and parts[0] == "responses" and parts[1] else None
+        if sub == "chat/completions":
+            allowed: tuple[str, ...] = ("POST",)
+        elif sub == "responses":
+            allowed = ("POST",)
+        elif resp_id and len(parts) == 2:
+            allowed = ("GET", "DELETE")
+        elif resp_id and len(parts) == 3 and parts[2] == "input_items":
+            allowed = ("GET",)
+        elif resp_id and len(parts) == 3 and parts[2] == "cancel":
+            allowed = ("POST",)
+        else:
+            self._provider_error(404, f"Invalid URL ({self.command} /v1/{sub})")
+            return
+        if not self._method_allowed(allowed):
+            message = f"Invalid method for URL ({self.command} /v1/{sub})"
+            self._provider_error(405, message, extra=[("Allow", ", ".join(allowed))])
+            return
+        if not self._openai_key_ok():
+            return
+        if resp_id is not None:
+            self._stored_response_action(resp_id, parts[2] if len(parts) == 3 else "", query)
+            return
+        req = self._openai_json(body)
+        if req is None:
+            return
+        model = req.get("model")
+        if not isinstance(model, str) or not model:
+            self._provider_error(
+                400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+            )
+            return
+        if sub == "chat/completions":
+            if "/" in model:  # a compat-style name sent to the provider
+                message = f"The model `{model}` does not exist or you do not have access to it."
+                self._provider_error(404, message, code="model_not_found")
+            elif not isinstance(req.get("messages"), list):
+                self._provider_error(
+                    400,
+                    "Missing required parameter: 'messages'.",
+                    param="messages",
+                    code="missing_required_parameter",
+                )
+            else:
+                self._chat(model, req)
+            return
+        if "/" in model:
+            message = f"The requested model '{model}' does not exist."
+            self._provider_error(400, message, param="model", code="model_not_found")
+            return
+        self._responses_create(model, req)
+
+    def _openai_key_ok(self) -> bool:
+        """No Authorization: the gateway's stored key / Unified Billing. Any other: OpenAI checks it."""
+        value = self.headers.get("Authorization")
+        if value is None:
+            return True
+        key = value[7:].strip() if value[:7].lower() == "bearer " else ""
+        if key.startswith("sk-"):
+            return True
+        shown = key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else "*" * len(key)
+        self._provider_error(
+            401,
+            f"Incorrect API key provided: {shown}. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+        return False
+
+    def _responses_create(self, model: str, req: dict[str, Any]) -> None:
+        gw = self.server.gateway
+        tool = _first_tool_name(req.get("tools"), self.headers.get("x-standin-tool-call") == "1")
+        stream = req.get("stream") is True
+        n_events, event_bytes = self._stream_shape() if stream else (len(REPLY_WORDS), 0)
+        pieces = list(_reply_pieces(n_events))
+        response = _response_object(model, req, pieces, tool)
+        background = req.get("background") is True and not stream
+        if req.get("store") is not False:
+            state = "queued" if background else "sync"
+            gw._store_response(_StoredResponse(response, _responses_input_items(req), state))
+        if stream:
+            self._stream(_responses_events(response, pieces, event_bytes), SSE_UTF8)
+            return
+        self._hold_non_stream()
+        self._send_json(200, _unfinished(response, "queued") if background else response)
+
+    def _stored_response_action(self, resp_id: str, action: str, query: str) -> None:
+        """GET/DELETE responses/{id}, GET .../input_items, POST .../cancel."""
+        gw = self.server.gateway
+        stored = gw._stored_response(resp_id)
+        if stored is None:
+            self._provider_error(404, f"Response with id '{resp_id}' not found.", param="response_id")
+            return
+        if action == "input_items":
+            self._send_json(200, _input_items_page(stored.input_items, urllib.parse.parse_qs(query)))
+        elif action == "cancel":
+            if stored.state == "sync":
+                self._provider_error(400, "Cannot cancel a synchronous response.")
+                return
+            if stored.state == "queued":
+                stored.state = "cancelled"
+            self._send_json(200, stored.view())
+        elif self.command == "DELETE":
+            gw._delete_response(resp_id)
+            self._send_json(200, {"id": resp_id, "object": "response", "deleted": True})
+        else:
+            if stored.state == "queued":
+                stored.state = "completed"  # a background response has "run" by its first retrieve
+            self._send_json(200, stored.view())
+
+    # ---- Anthropic's own API (.../anthropic) --------------------------------
+
+    def _anthropic(self, sub: str, body: bytes) -> None:
+        if sub not in ("v1/messages", "v1/messages/count_tokens"):
+            self._anthropic_error(404, "not_found_error", "Not Found")
+            return
+        if self.command != "POST":
+            self._anthropic_error(405, "invalid_request_error", "Method Not Allowed", [("Allow", "POST")])
+            return
+        if not self._anthropic_key_ok():
+            return
+        if not self.headers.get("anthropic-version"):
+            self._anthropic_error(400, "invalid_request_error", "anthropic-version: header is required")
+            return
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            req = None
+        if not isinstance(req, dict):
+            message = "There was an issue with your request body: invalid JSON"
+            self._anthropic_error(400, "invalid_request_error", message)
+            return
+        counting = sub.endswith("count_tokens")
+        for field, kind in (("model", str), ("max_tokens", int), ("messages", list)):
+            value = req.get(field)
+            if counting and field == "max_tokens":
+                continue  # count_tokens takes no max_tokens
+            if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+                self._anthropic_error(400, "invalid_request_error", f"{field}: Field required")
+                return
+        model: str = req["model"]
+        if "/" in model:  # a compat-style name sent to the provider
+            self._anthropic_error(404, "not_found_error", f"model: {model}")
+            return
+        if sub.endswith("count_tokens"):
+            self._hold_non_stream()
+            self._send_json(200, {"input_tokens": _anthropic_input_tokens(req)})
+            return
+        tool = _first_tool_name(req.get("tools"), self.headers.get("x-standin-tool-call") == "1")
+        answer = _anthropic_message(model, req, tool)
+        if req.get("stream") is True:
+            n_events, event_bytes = self._stream_shape()
+            self._stream(_anthropic_events(answer, n_events, event_bytes), SSE_UTF8)
+            return
+        self._hold_non_stream()
+        self._send_json(200, answer)
+
+    def _anthropic_key_ok(self) -> bool:
+        """No key header: the gateway's stored key / Unified Billing. Any key header: Anthropic checks it."""
+        key = self.headers.get("x-api-key")
+        if key is not None and not key.startswith("sk-ant-"):
+            self._anthropic_error(401, "authentication_error", "invalid x-api-key")
+            return False
+        auth = self.headers.get("Authorization")
+        if auth is not None:
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            if not token.startswith("sk-ant-"):
+                self._anthropic_error(401, "authentication_error", "Invalid bearer token")
+                return False
+        return True
 
     # ---- endpoints --------------------------------------------------------
 
@@ -684,7 +1282,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chunk_events(self, model: str, req: dict[str, Any], tool: str | None) -> Any:
         """Yield SSE events lazily (big streams never sit in memory)."""
-        h = self.headers
         opts = req.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         base: dict[str, Any] = {
@@ -702,6 +1299,9 @@ class _Handler(BaseHTTPRequestHandler):
             base["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
             return b"data: " + _dumps(base) + b"\n\n"
 
+        def content_event(text: str, filler: str) -> bytes:
+            return event({"content": text + filler})
+
         if tool:
             first_call = {
                 "index": 0,
@@ -715,26 +1315,11 @@ class _Handler(BaseHTTPRequestHandler):
             yield event({}, "tool_calls")
             completion = len(TOOL_ARGUMENTS.split())
         else:
-            n_events = max(_int_header(h.get("x-standin-events"), len(REPLY_WORDS)) or 0, 0)
-            event_bytes = max(_int_header(h.get("x-standin-event-bytes"), 0) or 0, 0)
+            n_events, event_bytes = self._stream_shape()
             yield event({"role": "assistant", "content": "", "refusal": None})
-            pads: dict[int, bytes] = {}
-            for i in range(n_events):
-                word = REPLY_WORDS[i % len(REPLY_WORDS)]
-                text = word if i == 0 else " " + word
-                if event_bytes:
-                    # Splice the padding in as bytes: JSON-encoding 64 KB per event halves throughput.
-                    ev = event({"content": text + _PAD_MARK.decode()})
-                    pad = event_bytes - (len(ev) - len(_PAD_MARK))
-                    if pad > 0:
-                        if pad not in pads:
-                            pads[pad] = b"x" * pad
-                        ev = ev.replace(_PAD_MARK, pads[pad], 1)
-                    else:
-                        ev = ev.replace(_PAD_MARK, b"", 1)
-                else:
-                    ev = event({"content": text})
-                yield ev
+            fillers: dict[int, bytes] = {}
+            for text in _reply_pieces(n_events):
+                yield _sized(functools.partial(content_event, text), event_bytes, fillers)
             yield event({}, "stop")
             completion = n_events
         if include_usage:
@@ -748,7 +1333,18 @@ class _Handler(BaseHTTPRequestHandler):
             yield b"data: " + _dumps(base) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    def _stream_shape(self) -> tuple[int, int]:
+        """(text events, bytes per text event; 0 = natural size) from x-standin-events/-event-bytes."""
+        h = self.headers
+        n_events = max(_int_header(h.get("x-standin-events"), len(REPLY_WORDS)) or 0, 0)
+        event_bytes = max(_int_header(h.get("x-standin-event-bytes"), 0) or 0, 0)
+        return n_events, event_bytes
+
     def _chat_stream(self, model: str, req: dict[str, Any], tool: str | None) -> None:
+        self._stream(self._chunk_events(model, req, tool))
+
+    def _stream(self, events: Iterable[bytes], content_type: str = "text/event-stream") -> None:
+        """Send SSE events as they are generated, honouring the stream test-control headers."""
         h = self.headers
         gw = self.server.gateway
         gzip_body = (h.get("x-standin-encoding") or "").strip().lower() == "gzip"
@@ -758,15 +1354,16 @@ class _Handler(BaseHTTPRequestHandler):
         delay = self._pre_delay
         hold = h.get("x-standin-hold")
         reset_after = _int_header(h.get("x-standin-reset-after"))
-        headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+        headers = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
         if gzip_body:
             headers.append(("Content-Encoding", "gzip"))
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
+        headers += self._provider_headers
         self.wfile.write(self._head(200, headers + self._gateway_headers(True)))
         writer = _StreamWriter(self.wfile, chunked, gzip_body)
         sent = 0
-        for ev in self._chunk_events(model, req, tool):
+        for ev in events:
             if reset_after is not None and sent >= reset_after:
                 self._reset()
             if sent and delay:
@@ -778,6 +1375,24 @@ class _Handler(BaseHTTPRequestHandler):
         if reset_after is not None:
             self._reset()  # reset-after beyond the last event: drop the terminating chunk
         writer.finish()
+
+
+def _input_items_page(items: list[dict[str, Any]], params: dict[str, list[str]]) -> dict[str, Any]:
+    """OpenAI's input_items list: order (default desc), after (an item id), limit (1-100, default 20)."""
+    ordered = items if params.get("order", ["desc"])[-1] == "asc" else items[::-1]
+    after = params.get("after", [None])[-1]
+    if after is not None:
+        ids = [item.get("id") for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    limit = min(max(_int_header(params.get("limit", ["20"])[-1], 20) or 20, 1), 100)
+    page = ordered[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ordered) > limit,
+    }
 
 
 class _Server(ThreadingHTTPServer):
@@ -850,6 +1465,7 @@ class StandinGateway:
         self._cond = threading.Condition()
         self._held: dict[str, int] = {}
         self._released: set[str] = set()
+        self._responses: collections.OrderedDict[str, _StoredResponse] = collections.OrderedDict()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._port: int | None = None
@@ -881,6 +1497,24 @@ class StandinGateway:
     def compat_url(self) -> str:
         """What an OpenAI SDK would use as base_url against the real gateway."""
         return self.base_url + self.compat_prefix
+
+    @property
+    def openai_prefix(self) -> str:
+        return f"/v1/{self.account_id}/{self.gateway_id}/openai"
+
+    @property
+    def openai_url(self) -> str:
+        """base_url for an OpenAI SDK using OpenAI's own API (Responses) through the gateway."""
+        return self.base_url + self.openai_prefix
+
+    @property
+    def anthropic_prefix(self) -> str:
+        return f"/v1/{self.account_id}/{self.gateway_id}/anthropic"
+
+    @property
+    def anthropic_url(self) -> str:
+        """base_url for an Anthropic SDK (or ANTHROPIC_BASE_URL for Claude Code)."""
+        return self.base_url + self.anthropic_prefix
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -926,12 +1560,27 @@ class StandinGateway:
             self.requests.append(rec)
 
     def clear(self) -> None:
-        """Forget recorded requests and hold/release state."""
+        """Forget recorded requests, stored Responses API responses and hold/release state."""
         with self._lock:
             self.requests.clear()
+            self._responses.clear()
         with self._cond:
             self._held.clear()
             self._released.clear()
+
+    def _store_response(self, stored: _StoredResponse) -> None:
+        with self._lock:
+            self._responses[stored.response["id"]] = stored
+            while len(self._responses) > MAX_STORED_RESPONSES:
+                self._responses.popitem(last=False)
+
+    def _stored_response(self, resp_id: str) -> _StoredResponse | None:
+        with self._lock:
+            return self._responses.get(resp_id)
+
+    def _delete_response(self, resp_id: str) -> None:
+        with self._lock:
+            self._responses.pop(resp_id, None)
 
     def release(self, name: str) -> None:
         """Release streams held under `name`, now and later (sticky until clear())."""
@@ -958,7 +1607,7 @@ class StandinGateway:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Local stand-in for Cloudflare AI Gateway's compat endpoint."
+        description="Local stand-in for Cloudflare AI Gateway (compat, openai and anthropic routes)."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_CLI_PORT)

@@ -4,16 +4,21 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mitmproxy.test import tutils
 
-from cfgw import chatview
-from cfgw.chatview import (
-    PRIORITY,
-    ChatView,
-    is_chat_json,
-    is_chat_stream,
-    render_request,
-    render_response,
-    render_stream,
+from cfgw import chatview, family_chat, family_messages, family_responses, sse
+from cfgw.chatview import MAX_EVENTS, PRIORITY, SNIFF_BYTES, ChatView, flow_family
+from cfgw.family import Family
+from tests.test_family_chat import (
+    EMBEDDINGS,
+    EMBEDDINGS_REQUEST,
+    MODELS,
+    REQUEST,
+    REQUEST_TEXT,
+    RESPONSE,
+    RESPONSE_TEXT,
+    TOOL_STREAM,
+    TOOL_STREAM_TEXT,
 )
 
 try:
@@ -25,379 +30,170 @@ except ImportError:  # mitmproxy 11
 
 needs_mitmproxy12 = pytest.mark.skipif(not HAS_NEW_API, reason="mitmproxy < 12 has no Contentview API")
 
-# --- fixtures: recorded-style OpenAI traffic ----------------------------------------
 
-_BASE = {
-    "id": "chatcmpl-AbC123",
-    "object": "chat.completion.chunk",
-    "created": 1732600000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "system_fingerprint": "fp_0ba0d124f1",
-}
-
-
-def _chunk(delta, finish=None):
-    return {
-        **_BASE,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        "usage": None,
-    }
-
-
-TOOL_STREAM_EVENTS = [
-    _chunk(
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "index": 0,
-                    "id": "call_Zx9fQ2",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": ""},
-                }
-            ],
-            "refusal": None,
-        }
-    ),
-    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"ci'}}]}),
-    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Pa'}}]}),
-    _chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ris"}'}}]}),
-    _chunk({}, finish="tool_calls"),
-    {
-        **_BASE,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": 81,
-            "completion_tokens": 15,
-            "total_tokens": 96,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-        },
-    },
-]
-TOOL_STREAM = (
-    ": ping\n\n"
-    + "".join("data: " + json.dumps(e, separators=(",", ":")) + "\n\n" for e in TOOL_STREAM_EVENTS)
-    + "data: [DONE]\n\n"
-).encode()
-
-TOOL_STREAM_TEXT = """\
-model: gpt-4o-mini-2024-07-18
-id: chatcmpl-AbC123
-usage: prompt 81 · completion 15 · total 96
-stream: 6 events, [DONE]
-
-[assistant]
-→ tool call call_Zx9fQ2: get_weather({"city": "Paris"})
-finish_reason: tool_calls
-"""
-
-REQUEST = {
-    "messages": [
-        {"role": "system", "content": "You are a weather bot."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "Weather in Paris? See photo."},
-                {
-                    "type": "image_url",
-                    "image_url": {"url": "data:image/jpeg;base64,QUJDRA==", "detail": "low"},
-                },
-            ],
-        },
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_Zx9fQ2",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_Zx9fQ2", "content": '{"temp_c": 18, "sky": "cloudy"}'},
-    ],
-    "model": "gpt-4o-mini",
-    "stream": True,
-    "stream_options": {"include_usage": True},
-    "temperature": 0.2,
-    "tools": [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Get the current weather\n  for a city.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
-                    "required": ["city"],
-                },
-            },
-        },
-        {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
-    ],
-    "tool_choice": "auto",
-}
-
-REQUEST_TEXT = """\
-model: gpt-4o-mini
-params: stream=true · stream_options={"include_usage": true} · temperature=0.2 · tool_choice=auto
-tools:
-  tool get_weather(city, unit) — Get the current weather for a city.
-  tool now()
-
-[system]
-You are a weather bot.
-
-[user]
-Weather in Paris? See photo.
-<image_url data:image/jpeg;base64,… (8 chars) detail=low>
-
-[assistant]
-→ tool call call_Zx9fQ2: get_weather({"city": "Paris"})
-
-[tool call_Zx9fQ2]
-{"temp_c": 18, "sky": "cloudy"}
-"""
-
-RESPONSE = {
-    "id": "chatcmpl-B9x",
-    "object": "chat.completion",
-    "created": 1732600001,
-    "model": "deepseek-reasoner",
-    "choices": [
-        {
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": "It is 18 °C and cloudy in Paris.",
-                "reasoning_content": "The tool said 18 and cloudy.",
-                "refusal": None,
-            },
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {
-        "prompt_tokens": 12,
-        "completion_tokens": 34,
-        "total_tokens": 46,
-        "prompt_tokens_details": {"cached_tokens": 8},
-    },
-}
-
-RESPONSE_TEXT = """\
-model: deepseek-reasoner
-id: chatcmpl-B9x
-usage: prompt 12 · completion 34 · total 46 (cached 8)
-
-[assistant]
-<reasoning>
-The tool said 18 and cloudy.
-</reasoning>
-It is 18 °C and cloudy in Paris.
-finish_reason: stop
-"""
-
-EMBEDDINGS = {
-    "object": "list",
-    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
-    "model": "text-embedding-3-small",
-    "usage": {"prompt_tokens": 3, "total_tokens": 3},
-}
-EMBEDDINGS_REQUEST = {"model": "text-embedding-3-small", "input": "hello"}
-MODELS = {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}
-
-
-def md(content_type):
-    return SimpleNamespace(content_type=content_type, http_message=None, flow=None)
+def md(content_type, family=None, side=None):
+    """Metadata as mitmproxy 12 passes it; ``family`` is what the addon records on the flow."""
+    flow = None if family is None else SimpleNamespace(metadata={"cf_gateway": {"family": family}})
+    message = {"request": tutils.treq(), "response": tutils.tresp(), None: None}[side]
+    return SimpleNamespace(content_type=content_type, http_message=message, flow=flow)
 
 
 def dumps(obj):
     return json.dumps(obj).encode()
 
 
-# --- pure rendering ----------------------------------------------------------------
+def stream(*chunks, done=True):
+    return (
+        "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + ("data: [DONE]\n\n" if done else "")
+    ).encode()
 
 
-def test_render_stream_tool_call_exact():
-    assert render_stream(TOOL_STREAM) == TOOL_STREAM_TEXT
-
-
-def test_render_stream_crlf_comments_events_and_junk():
-    body = TOOL_STREAM.replace(b"\n", b"\r\n")
-    body = b"event: message\r\nid: 1\r\nretry: 100\r\n: keepalive\r\ngarbage line\r\n\r\n" + body
-    assert render_stream(body) == TOOL_STREAM_TEXT
-
-
-def test_render_stream_without_blank_lines_between_events():
-    body = (
-        b"".join(b"data: " + json.dumps(e).encode() + b"\n" for e in TOOL_STREAM_EVENTS) + b"data: [DONE]\n"
-    )
-    assert render_stream(body) == TOOL_STREAM_TEXT
-
-
-def test_render_stream_incomplete():
-    cut = TOOL_STREAM[: TOOL_STREAM.index(b'"finish_reason":"tool_calls"') + 5]  # inside the 5th chunk
-    text = render_stream(cut)
-    assert "stream: 5 events (1 unparseable) (stream incomplete: no [DONE])" in text
-    assert '→ tool call call_Zx9fQ2: get_weather({"city": "Paris"})' in text
-    assert "usage:" not in text
-    assert "finish_reason" not in text
-
-
-def test_render_stream_content_reasoning_and_two_choices():
-    def ev(index, delta, finish=None):
-        return {
-            "object": "chat.completion.chunk",
-            "model": "m",
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
-        }
-
-    events = [
-        ev(0, {"role": "assistant", "reasoning": "think "}),
-        ev(1, {"role": "assistant", "content": "B"}),
-        ev(0, {"reasoning": "more"}),
-        ev(0, {"content": "Hel"}),
-        ev(0, {"content": "lo"}, "stop"),
-        ev(1, {}, "length"),
-    ]
-    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
-    assert render_stream(body) == (
-        "model: m\n"
-        "stream: 6 events (stream incomplete: no [DONE])\n"
-        "\n[assistant] choice 0\n<reasoning>\nthink more\n</reasoning>\nHello\nfinish_reason: stop\n"
-        "\n[assistant] choice 1\nB\nfinish_reason: length\n"
-    )
-
-
-def test_render_stream_parallel_tool_calls():
-    def ev(calls):
-        return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": calls}}]}
-
-    events = [
-        ev([{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": '{"x":'}}]),
-        ev([{"index": 1, "id": "call_b", "function": {"name": "g", "arguments": ""}}]),
-        ev([{"index": 0, "function": {"arguments": " 1}"}}, {"index": 1, "function": {"arguments": "{}"}}]),
-    ]
-    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
-    text = render_stream(body)
-    assert '→ tool call call_a: f({"x": 1})\n→ tool call call_b: g({})\n' in text
-
-
-def test_render_request_exact():
-    assert render_request(REQUEST) == REQUEST_TEXT
-
-
-def test_render_request_odd_messages():
-    text = render_request(
-        {
-            "model": "m",
-            "messages": [
-                {"role": "developer", "content": "be brief"},
-                {"role": "user", "name": "alice", "content": ""},
-                {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
-                {"role": "function", "name": "f", "content": "ok"},
-                "not a message",
-                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"format": "wav"}}]},
-            ],
-            "functions": [{"name": "f", "description": "does f"}],
-        }
-    )
-    assert text == (
-        "model: m\ntools:\n  tool f() — does f\n"
-        "\n[developer]\nbe brief\n"
-        "\n[user] name=alice\n(empty)\n"
-        "\n[assistant]\n→ function call: f({})\n"
-        "\n[function f]\nok\n"
-        '\n[?]\n"not a message"\n'
-        "\n[user]\n<input_audio format=wav>\n"
-    )
-
-
-def test_render_response_exact():
-    assert render_response(RESPONSE) == RESPONSE_TEXT
-
-
-def test_render_response_tool_calls_and_missing_usage_fields():
-    obj = {
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-                    ],
-                },
-                "finish_reason": "tool_calls",
-            }
-        ],
-        "usage": {"prompt_tokens": 5},
-    }
-    assert render_response(obj) == (
-        "usage: prompt 5 · completion ? · total 5\n"
-        "\n[assistant]\n→ tool call call_1: f({})\nfinish_reason: tool_calls\n"
-    )
-
-
-def test_renderers_reject_non_objects():
-    with pytest.raises(ValueError):
-        render_request([])
-    with pytest.raises(ValueError):
-        render_response("x")
-
-
-KEYS = "role content tool_calls function arguments name id index type delta choices message usage".split()
-KEYS += "messages tools text image_url url reasoning_content finish_reason".split()
-JSONISH = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(KEYS),
-            inner,
-            max_size=4,
-        )
-    ),
-    max_leaves=20,
+ERROR_STREAM = stream({"error": {"message": "upstream overloaded", "type": "server_error"}}, done=False)
+ANTHROPIC_REQUEST = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "system": "Be brief.",
+    "messages": [{"role": "user", "content": "Hi"}],
+}
+ANTHROPIC_STREAM = (
+    b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", "type": "message", '
+    b'"role": "assistant", "model": "claude", "content": [], '
+    b'"usage": {"input_tokens": 5, "output_tokens": 1}}}\n\n'
+    b'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, '
+    b'"content_block": {"type": "text", "text": ""}}\n\n'
+    b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+    b'"delta": {"type": "text_delta", "text": "Hello"}}\n\n'
+    b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
 )
+RESPONSES_REQUEST = {"model": "gpt-4.1", "input": "Hi", "instructions": "Be brief."}
 
 
-@given(JSONISH)
-def test_renderers_survive_arbitrary_json(obj):
-    for fn in (render_request, render_response):
-        try:
-            assert isinstance(fn(obj), str)
-        except ValueError:
-            assert not isinstance(obj, dict)
-    body = f"data: {json.dumps(obj)}\n\ndata: {json.dumps({'choices': [obj]})}\n\n".encode()
-    assert isinstance(render_stream(body), str)
+# --- dispatch ------------------------------------------------------------------------------
+
+
+def test_prettify_sniffs_chat_bodies():
     view = ChatView()
-    for ct in ("application/json", "text/event-stream", None):
-        assert view.render_priority(json.dumps(obj).encode(), md(ct)) in (0, PRIORITY)
-        assert view.render_priority(body, md(ct)) in (0, PRIORITY)
+    assert view.prettify(dumps(REQUEST), md("application/json")) == REQUEST_TEXT
+    assert view.prettify(dumps(RESPONSE), md("application/json")) == RESPONSE_TEXT
+    assert view.prettify(TOOL_STREAM, md("text/event-stream")) == TOOL_STREAM_TEXT
+    assert view.prettify(TOOL_STREAM, md(None)) == TOOL_STREAM_TEXT
+    for bad, ct in [
+        (dumps(EMBEDDINGS), "application/json"),
+        (b"{oops", "application/json"),
+        (b"data: [DONE]\n\n", "text/event-stream"),
+        (ERROR_STREAM, "text/event-stream"),
+    ]:
+        with pytest.raises(ValueError):
+            view.prettify(bad, md(ct))
 
 
-@given(st.binary(max_size=500))
-def test_render_stream_and_priority_survive_junk(data):
-    assert isinstance(render_stream(data), str)
-    for ct in ("application/json", "text/event-stream", None):
-        assert ChatView().render_priority(data, md(ct)) in (0, PRIORITY)
+def test_prettify_sniffs_the_other_families_first():
+    """A Messages request also has model+messages: the stricter detectors are asked before chat's."""
+    view = ChatView()
+    assert view.prettify(dumps(ANTHROPIC_REQUEST), md("application/json")) == family_messages.render_request(
+        ANTHROPIC_REQUEST
+    )
+    assert view.prettify(ANTHROPIC_STREAM, md("text/event-stream")) == family_messages.render_stream(
+        sse.parse(ANTHROPIC_STREAM)
+    )
+    assert view.prettify(dumps(RESPONSES_REQUEST), md(None)) == family_responses.render_request(
+        RESPONSES_REQUEST
+    )
 
 
-# --- detection / ChatView ------------------------------------------------------------
+def test_the_flows_family_decides():
+    view = ChatView()
+    # A chat flow's stream is chat's even when its only event is an error that nothing would sniff.
+    assert view.render_priority(ERROR_STREAM, md("text/event-stream")) == 0
+    assert view.render_priority(ERROR_STREAM, md("text/event-stream", "chat")) == PRIORITY
+    assert view.prettify(ERROR_STREAM, md("text/event-stream", "chat")) == (
+        "stream: 1 events (stream incomplete: no [DONE])\n"
+        'error: {"message": "upstream overloaded", "type": "server_error"}\n'
+    )
+    # JSON must still look like the family's: an error body keeps the JSON view.
+    error = dumps(family_chat.openai_error_body(401, "bad key", "invalid_proxy_key", "authentication_error"))
+    assert view.render_priority(error, md("application/json", "chat", "response")) == 0
+    # A request is the route's family's, whatever it looks like: a bare Messages request sniffs as chat.
+    bare = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    assert view.prettify(dumps(bare), md("application/json")) == family_chat.render_request(bare)
+    messages_flow = md("application/json", "messages", "request")
+    assert view.render_priority(dumps(bare), messages_flow) == PRIORITY
+    assert view.prettify(dumps(bare), messages_flow) == family_messages.render_request(bare)
+    chat_flow = md("application/json", "chat", "request")
+    assert view.prettify(dumps(ANTHROPIC_REQUEST), chat_flow) == family_chat.render_request(ANTHROPIC_REQUEST)
+    assert view.render_priority(b"[1]", chat_flow) == 0
 
 
-def test_detection_helpers():
-    assert is_chat_json(REQUEST) and is_chat_json(RESPONSE)
-    assert not is_chat_json(EMBEDDINGS) and not is_chat_json(MODELS) and not is_chat_json(EMBEDDINGS_REQUEST)
-    assert is_chat_stream(TOOL_STREAM)
-    assert not is_chat_stream(b'event: x\ndata: {"type": "message_start"}\n\n')
+def test_dispatch_goes_to_the_flows_family(monkeypatch):
+    def fake(kind):
+        return lambda _: f"fake {kind}\n"
+
+    monkeypatch.setitem(
+        chatview.BY_NAME,
+        "fake",
+        Family(
+            name="fake",
+            error_body=family_chat.openai_error_body,
+            usage_from_json=lambda _: None,
+            stream_usage=family_chat.ChatStreamUsage,
+            render_request=fake("request"),
+            render_response=fake("response"),
+            render_stream=fake("stream"),
+            looks_like_request=lambda obj: "q" in obj,
+            looks_like_response=lambda obj: "r" in obj,
+        ),
+    )
+    view = ChatView()
+    assert view.prettify(TOOL_STREAM, md("text/event-stream", "fake")) == "fake stream\n"
+    assert view.prettify(b'{"q": 1, "r": 1}', md("application/json", "fake")) == "fake request\n"
+    assert view.prettify(b'{"q": 1, "r": 1}', md("application/json", "fake", "response")) == "fake response\n"
+    assert view.prettify(b'{"q": 1}', md("application/json")) == "fake request\n"  # sniffed too
+    with pytest.raises(ValueError):  # the flow says fake: chat is not asked
+        view.prettify(dumps(REQUEST), md("application/json", "fake"))
+    assert view.prettify(dumps(REQUEST), md("application/json", "fake", "request")) == "fake request\n"
+
+
+def test_the_side_of_the_message_decides_request_or_response():
+    view = ChatView()
+    assert view.render_priority(dumps(REQUEST), md("application/json", side="request")) == PRIORITY
+    assert view.render_priority(dumps(REQUEST), md("application/json", side="response")) == 0
+    assert view.render_priority(dumps(RESPONSE), md("application/json", side="request")) == 0
+    assert view.prettify(dumps(RESPONSE), md("application/json", "chat", "response")) == RESPONSE_TEXT
+
+
+def test_other_flows_keep_the_json_view():
+    view = ChatView()
+    for body in (dumps(EMBEDDINGS), dumps(REQUEST), TOOL_STREAM):
+        assert view.render_priority(body, md("application/json", "other")) == 0
+        with pytest.raises(ValueError, match="no transcript for other endpoints"):
+            view.prettify(body, md("application/json", "other"))
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        None,
+        SimpleNamespace(),
+        SimpleNamespace(metadata=None),
+        SimpleNamespace(metadata={}),
+        SimpleNamespace(metadata={"cf_gateway": "chat"}),
+        SimpleNamespace(metadata={"cf_gateway": {"family": ["chat"]}}),
+        SimpleNamespace(metadata={"cf_gateway": {"family": "gemini"}}),
+        SimpleNamespace(metadata={"cf_gateway": {}}),
+    ],
+)
+def test_flow_family_is_read_defensively(flow):
+    assert flow_family(flow) is None
+    metadata = SimpleNamespace(content_type="text/event-stream", http_message=None, flow=flow)
+    assert ChatView().render_priority(TOOL_STREAM, metadata) == PRIORITY  # falls back to sniffing
+
+
+def test_flow_family_names():
+    for name in ("chat", "other", "messages", "responses"):
+        assert flow_family(SimpleNamespace(metadata={"cf_gateway": {"family": name}})).name == name
+
+
+# --- priority --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -406,14 +202,16 @@ def test_detection_helpers():
         (dumps(REQUEST), "application/json"),
         (dumps(RESPONSE), "application/json"),
         (dumps(RESPONSE), None),
+        (dumps(RESPONSE), "application/vnd.api+json"),
         (TOOL_STREAM, "text/event-stream"),
         (TOOL_STREAM, None),
         (dumps({"model": "m", "messages": []}), "application/json"),
+        (dumps(ANTHROPIC_REQUEST), "application/json"),
+        (ANTHROPIC_STREAM, "text/event-stream"),
     ],
 )
-def test_render_priority_high_for_chat(data, content_type):
-    view = ChatView()
-    assert view.render_priority(data, md(content_type)) == PRIORITY > 1  # JSON view returns 1
+def test_render_priority_high_for_llm_bodies(data, content_type):
+    assert ChatView().render_priority(data, md(content_type)) == PRIORITY > 1  # the JSON view returns 1
 
 
 @pytest.mark.parametrize(
@@ -426,8 +224,9 @@ def test_render_priority_high_for_chat(data, content_type):
         (b"[1, 2]", "application/json"),
         (b"not json", "application/json"),
         (b"", "application/json"),
+        (b"", "text/event-stream"),
         (dumps(REQUEST), "text/html"),
-        (b'event: message_start\ndata: {"type": "message_start"}\n\n', "text/event-stream"),
+        (b'event: x\ndata: {"type": "unknown"}\n\n', "text/event-stream"),
         (b"data: [DONE]\n\n", "text/event-stream"),
         (b"data: {not json\n\n", "text/event-stream"),
         (TOOL_STREAM, "application/octet-stream"),
@@ -437,33 +236,137 @@ def test_render_priority_zero_otherwise(data, content_type):
     assert ChatView().render_priority(data, md(content_type)) == 0
 
 
-def test_prettify_dispatch():
+def test_render_priority_reads_at_most_the_sniff_window():
+    late_stream = b": " + b"x" * SNIFF_BYTES + b"\n\n" + TOOL_STREAM  # first event after 64 KiB
+    assert ChatView().render_priority(late_stream, md("text/event-stream")) == 0
+    assert ChatView().render_priority(late_stream, md("text/event-stream", "chat")) == PRIORITY
+    assert ChatView().prettify(late_stream, md("text/event-stream")) == TOOL_STREAM_TEXT  # chosen by hand
+    big = dumps({**REQUEST, "pad": "x" * SNIFF_BYTES})
+    assert ChatView().render_priority(big, md("application/json")) == 0
+    assert ChatView().render_priority(big, md("application/json", "chat")) == PRIORITY  # trusts the flow
+
+
+def test_json_beyond_max_body_is_left_to_other_views(monkeypatch):
+    monkeypatch.setattr(chatview, "MAX_BODY", SNIFF_BYTES * 2)
+    big = dumps({**REQUEST, "pad": "x" * SNIFF_BYTES * 2})
+    assert ChatView().render_priority(big, md("application/json", "chat")) == 0
+    with pytest.raises(ValueError, match=rf"body too large for the LLM view \({len(big)} bytes\)"):
+        ChatView().prettify(big, md("application/json", "chat"))
+
+
+# --- bounds ----------------------------------------------------------------------------------
+
+
+def content_stream(n):
+    chunk = {
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "w"}}],
+    }
+    return stream(*[chunk] * n)
+
+
+def test_truncated_stream_says_so(monkeypatch):
+    monkeypatch.setattr(chatview, "MAX_EVENTS", 3)
+    assert ChatView().prettify(content_stream(5), md("text/event-stream")) == (
+        "… truncated: showing the first 3 events (the stream has more)\n\n"
+        "model: m\nstream: 3 events (stream incomplete: no [DONE])\n\n[assistant]\nwww\n"
+    )
+    # exactly MAX_EVENTS events: nothing is cut
+    body = content_stream(2)
+    assert (
+        ChatView().prettify(body, md("text/event-stream"))
+        == "model: m\nstream: 2 events, [DONE]\n\n[assistant]\nww\n"
+    )
+
+
+def test_stream_beyond_max_body_is_cut_at_a_line_end(monkeypatch):
+    body = content_stream(4000)
+    assert len(body) == 4000 * 111 + 14
+    monkeypatch.setattr(chatview, "MAX_BODY", 100 * 111 + 50)  # inside the 101st event's data line
+    assert ChatView().prettify(body, md("text/event-stream")) == (
+        "… truncated: showing the first 11100 bytes of 444014 bytes\n\n"
+        "model: m\nstream: 100 events (stream incomplete: no [DONE])\n\n[assistant]\n" + "w" * 100 + "\n"
+    )
+    monkeypatch.setattr(chatview, "MAX_BODY", 16 << 20)
+    huge = body * 40
+    assert (
+        ChatView()
+        .prettify(huge, md("text/event-stream"))
+        .startswith(
+            "… truncated: showing the first 16.0 MiB of 16.9 MiB\n… truncated: showing the first 20000 events"
+        )
+    )
+
+
+def test_default_bounds_render_a_huge_stream_quickly():
+    body = content_stream(MAX_EVENTS + 5000)
+    text = ChatView().prettify(body, md("text/event-stream"))
+    assert text == (
+        f"… truncated: showing the first {MAX_EVENTS} events (the stream has more)\n\n"
+        f"model: m\nstream: {MAX_EVENTS} events (stream incomplete: no [DONE])\n\n[assistant]\n"
+        + "w" * MAX_EVENTS
+        + "\n"
+    )
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+KEYS = "role content tool_calls function arguments name id index type delta choices message usage".split()
+KEYS += "messages tools text model object input output system max_tokens error".split()
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
+    max_leaves=20,
+)
+METADATA = st.builds(
+    md,
+    st.sampled_from(["application/json", "text/event-stream", None, "text/plain"]),
+    st.sampled_from([None, "chat", "other", "messages", "responses", "nonsense"]),
+    st.sampled_from([None, "request", "response"]),
+)
+
+
+def _check(data, metadata):
     view = ChatView()
-    assert view.prettify(dumps(REQUEST), md("application/json")) == REQUEST_TEXT
-    assert view.prettify(dumps(RESPONSE), md("application/json")) == RESPONSE_TEXT
-    assert view.prettify(TOOL_STREAM, md("text/event-stream")) == TOOL_STREAM_TEXT
-    for bad, ct in [
-        (dumps(EMBEDDINGS), "application/json"),
-        (b"{oops", "application/json"),
-        (b"data: [DONE]\n\n", "text/event-stream"),
-    ]:
-        with pytest.raises(ValueError):
-            view.prettify(bad, md(ct))
+    assert view.render_priority(data, metadata) in (0, PRIORITY)
+    try:
+        assert isinstance(view.prettify(data, metadata), str)
+    except ValueError:
+        pass
+
+
+@given(JSONISH, METADATA)
+def test_view_survives_arbitrary_json(obj, metadata):
+    _check(json.dumps(obj).encode(), metadata)
+    body = f"data: {json.dumps(obj)}\n\ndata: {json.dumps({'choices': [obj]})}\n\n".encode()
+    _check(body, metadata)
+
+
+@given(st.binary(max_size=500), METADATA)
+def test_view_survives_junk(data, metadata):
+    _check(data, metadata)
+
+
+# --- registration ------------------------------------------------------------------------------
 
 
 def test_register_without_new_api_returns_false(monkeypatch):
     monkeypatch.setattr(chatview, "_ViewBase", object)
     assert chatview.register() is False
-    assert chatview.unregister() is False
-
-
-# --- mitmproxy 12 integration ----------------------------------------------------------
+    assert not hasattr(chatview, "unregister")
 
 
 @needs_mitmproxy12
-def test_registered_view_is_used_by_prettify_message():
+def test_registered_view_is_used_by_prettify_message(monkeypatch):
     from mitmproxy import contentviews
+    from mitmproxy.contentviews import ContentviewRegistry
     from mitmproxy.test import taddons, tflow
+
+    registry = ContentviewRegistry()  # a private copy, so the view does not outlive this test
+    for view in contentviews.registry.values():
+        registry.register(view)
+    monkeypatch.setattr(contentviews, "registry", registry)
 
     f = tflow.tflow(resp=True)
     f.request.headers["content-type"] = "application/json"
@@ -472,27 +375,33 @@ def test_registered_view_is_used_by_prettify_message():
     f.response.content = TOOL_STREAM
     f.response.encode("gzip")  # prettify sees decoded data
     with taddons.context():
+        assert contentviews.prettify_message(f.request, f, registry=registry).view_name == "JSON"
         assert chatview.register() is True
-        try:
-            assert "llm chat" in contentviews.registry
-            req = contentviews.prettify_message(f.request, f)
-            assert (req.view_name, req.text) == ("LLM chat", REQUEST_TEXT)
-            resp = contentviews.prettify_message(f.response, f)
-            assert (resp.view_name, resp.text, resp.description) == (
-                "LLM chat",
-                TOOL_STREAM_TEXT,
-                "[decoded gzip]",
-            )
-            assert resp.syntax_highlight == "none"
-            # non-chat JSON keeps the JSON view
-            f.response.headers["content-type"] = "application/json"
-            f.response.content = dumps(EMBEDDINGS)
-            assert contentviews.prettify_message(f.response, f).view_name == "JSON"
-            # explicitly selected on a non-chat body: mitmproxy reports the ValueError
-            forced = contentviews.prettify_message(f.response, f, view_name="llm chat")
-            assert forced.syntax_highlight == "error"
-        finally:
-            assert chatview.unregister() is True
-        assert "llm chat" not in contentviews.registry
-        assert contentviews.prettify_message(f.request, f).view_name == "JSON"
-        assert chatview.unregister() is False
+        assert chatview.register() is True  # again: replaces the view of the same name
+        assert isinstance(registry["llm chat"], ChatView)
+        req = contentviews.prettify_message(f.request, f, registry=registry)
+        assert (req.view_name, req.text) == ("LLM chat", REQUEST_TEXT)
+        resp = contentviews.prettify_message(f.response, f, registry=registry)
+        assert (resp.view_name, resp.text, resp.description) == (
+            "LLM chat",
+            TOOL_STREAM_TEXT,
+            "[decoded gzip]",
+        )
+        assert resp.syntax_highlight == "none"
+        # the family the addon recorded on the flow is used
+        f.metadata["cf_gateway"] = {"family": "chat"}
+        f.response.content = ERROR_STREAM
+        resp = contentviews.prettify_message(f.response, f, registry=registry)
+        assert (resp.view_name, resp.text) == (
+            "LLM chat",
+            "stream: 1 events (stream incomplete: no [DONE])\n"
+            'error: {"message": "upstream overloaded", "type": "server_error"}\n',
+        )
+        # embeddings keep the JSON view
+        f.metadata["cf_gateway"] = {"family": "other"}
+        f.response.headers["content-type"] = "application/json"
+        f.response.content = dumps(EMBEDDINGS)
+        assert contentviews.prettify_message(f.response, f, registry=registry).view_name == "JSON"
+        # explicitly selected on a body it cannot show: mitmproxy reports the ValueError
+        forced = contentviews.prettify_message(f.response, f, view_name="llm chat", registry=registry)
+        assert forced.syntax_highlight == "error"

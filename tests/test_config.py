@@ -1,6 +1,8 @@
-"""Option parsers and environment defaults (cfgw.config)."""
+"""Options: parsers, the single declaration of each option, environment defaults and secrets (cfgw.config)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -26,7 +28,12 @@ def test_gateway_id_accepts(value):
     assert config.parse_gateway_id(value) == value
 
 
-@pytest.mark.parametrize("value", ["", "My-GW", "a--b", "-a", "a-", "a.b", "a/b", "x" * 65, "bad..id"])
+def test_gateway_id_defaults_to_cloudflares_auto_created_gateway():
+    assert config.parse_gateway_id("") == "default"
+    assert config.parse_gateway_id("  ") == "default"
+
+
+@pytest.mark.parametrize("value", ["My-GW", "a--b", "-a", "a-", "a.b", "a/b", "x" * 65, "bad..id"])
 def test_gateway_id_rejects(value):
     with pytest.raises(ValueError):
         config.parse_gateway_id(value)
@@ -96,9 +103,9 @@ def test_switch_and_format():
     assert config.parse_switch("off") is False
     with pytest.raises(ValueError):
         config.parse_switch("maybe")
-    assert config.parse_log_format("JSON") == "json"
-    with pytest.raises(ValueError):
-        config.parse_log_format("yaml")
+    assert config.parse_choice("text", "json")("JSON") == "json"
+    with pytest.raises(ValueError, match="'text', 'json'"):
+        config.parse_choice("text", "json")("yaml")
 
 
 def test_token_strips_bearer_and_never_echoes_bad_values():
@@ -140,18 +147,55 @@ def test_proxy_keys_reject_spaces_without_echo():
     assert "supersecret" not in str(e.value)
 
 
-def test_env_defaults_precedence():
-    environ = {"ACCOUNT_ID": "from-env"}
-    dotenv = {"ACCOUNT_ID": "from-dotenv", "GATEWAY_ID": "gw-dotenv", "HOST_PORT": "1"}
-    d = config.env_defaults(environ, dotenv)
+def test_option_defaults_precedence_and_secret_placeholders():
+    environ = {"ACCOUNT_ID": "from-env", "CF_AIG_TOKEN": "tok-secret-value"}
+    dotenv = {"ACCOUNT_ID": "from-dotenv", "GATEWAY_ID": "gw-dotenv", "HOST_PORT": "1", "PROXY_KEYS": "k1,k2"}
+    d = config.option_defaults(environ, dotenv)
     assert d["cf_account_id"] == "from-env"
     assert d["cf_gateway_id"] == "gw-dotenv"
     assert d["cf_base_url"] == config.DEFAULT_BASE_URL
     assert d["cf_record_limit"] == "8m"
+    assert d["cf_token"] == "(from CF_AIG_TOKEN)"  # mitmweb shows where it comes from, never the value
+    assert d["cf_proxy_keys"] == "(from PROXY_KEYS)"
+    assert "tok-secret-value" not in repr(d) and "k1" not in repr(d)
+    assert config.option_defaults({"PROXY_KEYS": "@/etc/keys"}, {})["cf_proxy_keys"] == "@/etc/keys"
 
 
-def test_every_setting_names_option_and_env_in_errors():
-    for s in config.SETTINGS:
-        msg = config.setting_error(s, "is wrong")
-        assert s.option in msg and s.env in msg
-        assert s.option.startswith("cf_")
+def test_parse_settings_resolves_secret_sources(tmp_path):
+    values = config.option_defaults({"ACCOUNT_ID": GOOD_ACCOUNT, "CF_AIG_TOKEN": "tok-1"}, {})
+    s = config.parse_settings(values, {"CF_AIG_TOKEN": "tok-1"})
+    assert s.token == "tok-1" and s.gateway_id == "default" and s.routes == "auto"
+    assert "tok-1" not in repr(s)
+    f = tmp_path / "token"
+    f.write_text("Bearer tok-from-file\n")
+    s = config.parse_settings({**values, "cf_token": f"@{f}"}, {})
+    assert s.token == "tok-from-file"
+    with pytest.raises(ValueError, match=r"cf_token \(env CF_AIG_TOKEN\) cannot read secret file"):
+        config.parse_settings({**values, "cf_token": f"@{tmp_path / 'nope'}"}, {})
+
+
+def test_parse_settings_names_the_first_bad_option():
+    values = config.option_defaults({"ACCOUNT_ID": GOOD_ACCOUNT}, {})
+    with pytest.raises(ValueError, match=r"^cf-gateway: cf_routes \(env CF_ROUTES\) must be one of"):
+        config.parse_settings({**values, "cf_routes": "everything"}, {})
+
+
+def test_every_option_is_declared_once_with_prefix_env_and_help():
+    names = [o.name for o in config.OPTIONS]
+    assert len(names) == len(set(names)) == len(dataclasses.fields(config.Settings))
+    for o in config.OPTIONS:
+        assert o.name == "cf_" + o.field
+        assert o.spec.help and o.spec.env
+        msg = config.option_error(o, "is wrong")
+        assert o.name in msg and o.spec.env in msg
+    assert {o.name for o in config.OPTIONS if o.spec.secret} == {"cf_token", "cf_proxy_keys"}
+
+
+def test_client_gateway_headers_auto_follows_key_mode():
+    values = config.option_defaults({"ACCOUNT_ID": GOOD_ACCOUNT}, {})
+    assert not config.parse_settings(values, {}).strip_client_gateway_headers
+    keyed = config.parse_settings({**values, "cf_proxy_keys": "k1"}, {})
+    assert keyed.strip_client_gateway_headers
+    assert not config.parse_settings(
+        {**values, "cf_proxy_keys": "k1", "cf_client_gateway_headers": "allow"}, {}
+    ).strip_client_gateway_headers

@@ -19,10 +19,13 @@ import time
 import zlib
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 import pytest
 
-from tests.standin_gateway import REPLY_TEXT, StandinGateway
+from tests import standin_gateway
+from tests.standin_gateway import REPLY_TEXT, THINKING_TEXT, TOOL_ARGUMENTS, StandinGateway
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -111,7 +114,9 @@ def test_unknown_gateway_is_2001(gw, client, path):
     assert gw.requests[-1].path == path
 
 
-@pytest.mark.parametrize("sub", ["responses", "moderations", "v1/chat/completions", "chat%2Fcompletions"])
+@pytest.mark.parametrize(
+    "sub", ["responses", "messages", "moderations", "v1/chat/completions", "chat%2Fcompletions"]
+)
 def test_unsupported_compat_subpath_is_2019_before_auth(auth_gw, client, sub):
     r = client.post(compat(auth_gw, sub), json=CHAT)  # no token: routing must win
     assert r.status_code == 400
@@ -532,6 +537,676 @@ def test_close_mid_body(gw, client):
 def test_hang_times_out_client(gw):
     with httpx.Client(timeout=0.3, verify=False) as c, pytest.raises(httpx.ReadTimeout):
         c.post(compat(gw, "chat/completions"), json=CHAT, headers={"x-standin-hang": "2"})
+
+
+# ---- provider-native routes: shared helpers ------------------------------------
+
+ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
+MESSAGES = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 256,
+    "system": "one two",
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "three four five"}]}],
+}
+TOOLS_ANTHROPIC = [{"name": "lookup_city", "description": "d", "input_schema": {"type": "object"}}]
+TOOLS_RESPONSES = [{"type": "function", "name": "lookup_city", "parameters": {"type": "object"}}]
+RESPONSE_REQ = {"model": "gpt-5", "instructions": "be brief", "input": "one two three"}
+ANTHROPIC_ID = re.compile(r"^(msg|toolu)_01[A-Za-z0-9]{22}$")
+OPENAI_ID = re.compile(r"^(resp|msg|fc|rs)_[0-9a-f]{50}$")
+
+
+def messages_url(gw: StandinGateway, sub: str = "messages") -> str:
+    return f"{gw.anthropic_url}/v1/{sub}"
+
+
+def responses_url(gw: StandinGateway, sub: str = "") -> str:
+    return f"{gw.openai_url}/responses{sub}"
+
+
+def named_events(text: str) -> list[tuple[str, dict]]:
+    """Parse `event:`/`data:` SSE (Anthropic, Responses); each data's type must equal its event name."""
+    assert text.endswith("\n\n")
+    events = []
+    for block in text.split("\n\n")[:-1]:
+        name_line, data_line = block.split("\n")
+        assert name_line.startswith("event: ") and data_line.startswith("data: "), block
+        name, data = name_line[len("event: ") :], json.loads(data_line[len("data: ") :])
+        assert data["type"] == name
+        events.append((name, data))
+    return events
+
+
+def anthropic_error(r: httpx.Response, status: int, type_: str, message: str) -> None:
+    assert r.status_code == status
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": type_, "message": message},
+        "request_id": r.headers["request-id"],
+    }
+    assert r.headers["request-id"].startswith("req_011C")
+
+
+def openai_error(r: httpx.Response, status: int, message: str, param=None, code=None) -> None:
+    assert r.status_code == status
+    assert r.json() == {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+
+
+# ---- Anthropic Messages (.../anthropic/v1/messages) ---------------------------
+
+
+def test_anthropic_message_json(gw, client):
+    r = client.post(messages_url(gw) + "?beta=true", json=MESSAGES, headers=ANTHROPIC_HEADERS)
+    assert r.status_code == 200
+    data = r.json()
+    assert ANTHROPIC_ID.match(data.pop("id")) and data["usage"]
+    assert data == {
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": REPLY_TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 5,
+        },
+    }
+    assert r.headers["request-id"].startswith("req_011C") and r.headers["cf-aig-step"] == "0"
+    assert (gw.requests[-1].path, gw.requests[-1].query) == (
+        f"{gw.anthropic_prefix}/v1/messages",
+        "beta=true",
+    )
+
+
+def test_anthropic_thinking_and_tool_json(gw, client):
+    body = {**MESSAGES, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    r = client.post(messages_url(gw), json=body, headers={**ANTHROPIC_HEADERS, "x-standin-tool-call": "1"})
+    thinking, tool = r.json()["content"]
+    assert thinking == {
+        "type": "thinking",
+        "thinking": THINKING_TEXT,
+        "signature": standin_gateway.THINKING_SIGNATURE,
+    }
+    assert ANTHROPIC_ID.match(tool.pop("id"))
+    assert tool == {"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}}
+    assert r.json()["stop_reason"] == "tool_use"
+    assert r.json()["usage"]["output_tokens"] == 6 + 2
+
+
+def test_anthropic_text_stream(gw, client):
+    r = client.post(messages_url(gw), json={**MESSAGES, "stream": True}, headers=ANTHROPIC_HEADERS)
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = named_events(r.text)
+    names = [name for name, _ in events]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 5,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0][1]["message"]
+    assert (start["content"], start["stop_reason"], start["model"]) == ([], None, "claude-sonnet-4-5")
+    assert start["usage"] == {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 1,
+    }
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+    assert all(d["type"] == "text_delta" for d in deltas)
+    assert "".join(d["text"] for d in deltas) == REPLY_TEXT
+    assert events[-2][1] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 5},
+    }
+
+
+def test_anthropic_thinking_and_tool_stream(gw, client):
+    body = {**MESSAGES, "stream": True, "tools": TOOLS_ANTHROPIC, "thinking": {"type": "enabled"}}
+    events = named_events(client.post(messages_url(gw), json=body, headers=ANTHROPIC_HEADERS).text)
+    starts = [data["content_block"] for name, data in events if name == "content_block_start"]
+    assert starts[0] == {"type": "thinking", "thinking": "", "signature": ""}
+    assert ANTHROPIC_ID.match(starts[1].pop("id"))
+    assert starts[1] == {"type": "tool_use", "name": "lookup_city", "input": {}}
+    by_index: dict[int, list[dict]] = {0: [], 1: []}
+    for name, data in events:
+        if name == "content_block_delta":
+            by_index[data["index"]].append(data["delta"])
+    thinking = [d["thinking"] for d in by_index[0] if d["type"] == "thinking_delta"]
+    assert "".join(thinking) == THINKING_TEXT and len(thinking) == 2
+    assert by_index[0][-1] == {"type": "signature_delta", "signature": standin_gateway.THINKING_SIGNATURE}
+    assert [d["type"] for d in by_index[1]] == ["input_json_delta"] * 5
+    assert "".join(d["partial_json"] for d in by_index[1]) == TOOL_ARGUMENTS
+    assert [data["index"] for name, data in events if name == "content_block_stop"] == [0, 1]
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    assert events[-2][1]["usage"] == {"output_tokens": 8}
+
+
+def test_anthropic_count_tokens(gw, client):
+    body = {key: value for key, value in MESSAGES.items() if key != "max_tokens"}
+    r = client.post(
+        messages_url(gw, "messages/count_tokens") + "?beta=true", json=body, headers=ANTHROPIC_HEADERS
+    )
+    assert r.status_code == 200
+    assert r.json() == {"input_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": "sk-ant-api03-test"},
+        {"Authorization": "Bearer sk-ant-oat01-test"},
+        {"x-api-key": "sk-ant-api03-test", "Authorization": "Bearer sk-ant-api03-test"},
+    ],
+    ids=["x-api-key", "bearer", "both"],
+)
+def test_anthropic_accepts_anthropic_keys(gw, client, headers):
+    r = client.post(messages_url(gw), json=MESSAGES, headers={**ANTHROPIC_HEADERS, **headers})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"x-api-key": "placeholder"}, "invalid x-api-key"),
+        ({"x-api-key": "sk-proj-openai"}, "invalid x-api-key"),
+        ({"Authorization": "Bearer unused"}, "Invalid bearer token"),
+        ({"Authorization": "sk-ant-api03-no-bearer"}, "Invalid bearer token"),
+        ({"x-api-key": "sk-ant-api03-test", "Authorization": "Bearer placeholder"}, "Invalid bearer token"),
+    ],
+)
+def test_anthropic_rejects_other_keys(gw, client, headers, message):
+    r = client.post(messages_url(gw), json=MESSAGES, headers={**ANTHROPIC_HEADERS, **headers})
+    anthropic_error(r, 401, "authentication_error", message)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "type_", "message"),
+    [
+        (MESSAGES, {}, 400, "invalid_request_error", "anthropic-version: header is required"),
+        (
+            {**MESSAGES, "model": "anthropic/claude-sonnet-4-5"},
+            None,
+            404,
+            "not_found_error",
+            "model: anthropic/claude-sonnet-4-5",
+        ),
+        (
+            {"model": "claude-sonnet-4-5", "messages": []},
+            None,
+            400,
+            "invalid_request_error",
+            "max_tokens: Field required",
+        ),
+        ({"max_tokens": 5, "messages": []}, None, 400, "invalid_request_error", "model: Field required"),
+        ({**MESSAGES, "messages": "hi"}, None, 400, "invalid_request_error", "messages: Field required"),
+        ([1], None, 400, "invalid_request_error", "There was an issue with your request body: invalid JSON"),
+    ],
+    ids=["no-version", "compat-model", "no-max-tokens", "no-model", "bad-messages", "not-an-object"],
+)
+def test_anthropic_request_errors(gw, client, body, headers, status, type_, message):
+    r = client.post(messages_url(gw), json=body, headers=ANTHROPIC_HEADERS if headers is None else headers)
+    anthropic_error(r, status, type_, message)
+
+
+def test_anthropic_unknown_path_and_method(gw, client):
+    anthropic_error(client.get(f"{gw.anthropic_url}/v1/models"), 404, "not_found_error", "Not Found")
+    r = client.get(messages_url(gw), headers=ANTHROPIC_HEADERS)
+    anthropic_error(r, 405, "invalid_request_error", "Method Not Allowed")
+    assert r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("status", "type_"), [(429, "rate_limit_error"), (529, "overloaded_error"), (502, "api_error")]
+)
+def test_anthropic_status_override(gw, client, status, type_):
+    headers = {**ANTHROPIC_HEADERS, "x-standin-status": str(status), "x-standin-retry-after": "3"}
+    r = client.post(messages_url(gw), json=MESSAGES, headers=headers)
+    anthropic_error(r, status, type_, f"Stand-in provider error {status}")
+    assert r.headers["retry-after"] == "3"
+
+
+# ---- OpenAI Responses (.../openai/responses) ----------------------------------
+
+
+def test_responses_json(gw, client):
+    r = client.post(responses_url(gw), json=RESPONSE_REQ)
+    assert r.status_code == 200
+    data = r.json()
+    assert OPENAI_ID.match(data["id"]) and data["id"].startswith("resp_")
+    assert (data["object"], data["status"], data["model"]) == ("response", "completed", "gpt-5")
+    assert abs(data["created_at"] - time.time()) < 60
+    (item,) = data["output"]
+    assert OPENAI_ID.match(item.pop("id"))
+    assert item == {
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": REPLY_TEXT, "annotations": [], "logprobs": []}],
+    }
+    assert data["usage"] == {
+        "input_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 10,
+    }
+    assert (data["instructions"], data["store"], data["error"]) == ("be brief", True, None)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+def test_responses_reasoning_and_function_call_json(gw, client):
+    body = {**RESPONSE_REQ, "tools": TOOLS_RESPONSES, "reasoning": {"effort": "low"}}
+    data = client.post(responses_url(gw), json=body).json()
+    reasoning, call = data["output"]
+    assert OPENAI_ID.match(reasoning.pop("id")) and OPENAI_ID.match(call.pop("id"))
+    assert reasoning == {"type": "reasoning", "summary": []}
+    assert re.fullmatch(r"call_[A-Za-z0-9]{24}", call.pop("call_id"))
+    assert call == {
+        "type": "function_call",
+        "name": "lookup_city",
+        "arguments": TOOL_ARGUMENTS,
+        "status": "completed",
+    }
+    assert data["usage"]["output_tokens"] == 2 + 6
+    assert data["usage"]["output_tokens_details"] == {"reasoning_tokens": 6}
+    assert data["reasoning"] == {"effort": "low", "summary": None}
+    header_call = client.post(
+        responses_url(gw), json=RESPONSE_REQ, headers={"x-standin-tool-call": "1"}
+    ).json()
+    assert [i["type"] for i in header_call["output"]] == ["function_call"]
+    assert header_call["output"][0]["name"] == "get_weather"
+
+
+def test_responses_text_stream(gw, client):
+    r = client.post(responses_url(gw), json={**RESPONSE_REQ, "stream": True})
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = named_events(r.text)
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 5,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    created = events[0][1]["response"]
+    assert (created["status"], created["output"], created["usage"]) == ("in_progress", [], None)
+    item_id = events[2][1]["item"]["id"]
+    deltas = [data for name, data in events if name == "response.output_text.delta"]
+    assert all((d["item_id"], d["output_index"], d["content_index"]) == (item_id, 0, 0) for d in deltas)
+    assert "".join(d["delta"] for d in deltas) == REPLY_TEXT
+    assert events[-4][1]["text"] == REPLY_TEXT
+    final = events[-1][1]["response"]
+    assert final["id"] == created["id"] and final["status"] == "completed"
+    assert final["output"] == [events[-2][1]["item"]]
+    assert final["usage"]["total_tokens"] == 5 + 5
+    assert client.get(responses_url(gw, "/" + final["id"])).json() == final  # stored
+
+
+def test_responses_function_call_and_reasoning_summary_stream(gw, client):
+    body = {**RESPONSE_REQ, "stream": True, "tools": TOOLS_RESPONSES, "reasoning": {"summary": "auto"}}
+    events = named_events(client.post(responses_url(gw), json=body).text)
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * 4,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added = events[8][1]
+    assert added["output_index"] == 1
+    assert (added["item"]["type"], added["item"]["arguments"], added["item"]["status"]) == (
+        "function_call",
+        "",
+        "in_progress",
+    )
+    pieces = [data["delta"] for name, data in events if name == "response.function_call_arguments.delta"]
+    assert "".join(pieces) == TOOL_ARGUMENTS
+    assert events[13][1]["arguments"] == TOOL_ARGUMENTS and events[13][1]["name"] == "lookup_city"
+    reasoning, call = events[-1][1]["response"]["output"]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": THINKING_TEXT}]
+    assert call["call_id"] == added["item"]["call_id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "sub", "body", "headers", "status", "message", "param", "code"),
+    [
+        (
+            "POST",
+            "",
+            {**RESPONSE_REQ, "model": "openai/gpt-5"},
+            {},
+            400,
+            "The requested model 'openai/gpt-5' does not exist.",
+            "model",
+            "model_not_found",
+        ),
+        (
+            "POST",
+            "",
+            {"input": "hi"},
+            {},
+            400,
+            "Missing required parameter: 'model'.",
+            "model",
+            "missing_required_parameter",
+        ),
+        (
+            "POST",
+            "",
+            RESPONSE_REQ,
+            {"Authorization": "Bearer gw-token-1234"},
+            401,
+            "Incorrect API key provided: gw-******1234. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.",
+            None,
+            "invalid_api_key",
+        ),
+        (
+            "GET",
+            "/resp_unknown",
+            None,
+            {},
+            404,
+            "Response with id 'resp_unknown' not found.",
+            "response_id",
+            None,
+        ),
+        ("GET", "", None, {}, 405, "Invalid method for URL (GET /v1/responses)", None, None),
+        (
+            "POST",
+            "/resp_x/nothing",
+            {},
+            {},
+            404,
+            "Invalid URL (POST /v1/responses/resp_x/nothing)",
+            None,
+            None,
+        ),
+    ],
+    ids=["compat-model", "no-model", "bad-key", "unknown-id", "method", "unknown-path"],
+)
+def test_responses_errors(gw, client, method, sub, body, headers, status, message, param, code):
+    r = client.request(method, responses_url(gw, sub), json=body, headers=headers)
+    openai_error(r, status, message, param, code)
+
+
+def test_responses_lifecycle(gw, client):
+    body = {
+        **RESPONSE_REQ,
+        "input": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+    }
+    created = client.post(responses_url(gw), json=body, headers={"Authorization": "Bearer sk-test"}).json()
+    one = responses_url(gw, "/" + created["id"])
+    assert client.get(one).json() == created
+    page = client.get(one + "/input_items").json()
+    assert [(i["role"], i["content"]) for i in page["data"]] == [
+        ("assistant", [{"type": "output_text", "text": "yo"}]),  # default order: newest first
+        ("user", [{"type": "input_text", "text": "hi"}]),
+    ]
+    assert (page["object"], page["has_more"], page["first_id"]) == ("list", False, page["data"][0]["id"])
+    asc = client.get(one + "/input_items?order=asc&limit=1").json()
+    assert [i["role"] for i in asc["data"]] == ["user"] and asc["has_more"] is True
+    openai_error(client.post(one + "/cancel"), 400, "Cannot cancel a synchronous response.")
+    deleted = client.delete(one)
+    assert deleted.json() == {"id": created["id"], "object": "response", "deleted": True}
+    assert client.get(one).status_code == 404
+    unstored = client.post(responses_url(gw), json={**RESPONSE_REQ, "store": False}).json()
+    assert unstored["store"] is False
+    assert client.get(responses_url(gw, "/" + unstored["id"])).status_code == 404
+
+
+def test_responses_background_cancel_and_retrieve(gw, client):
+    queued = client.post(responses_url(gw), json={**RESPONSE_REQ, "background": True}).json()
+    assert (queued["status"], queued["output"], queued["usage"], queued["background"]) == (
+        "queued",
+        [],
+        None,
+        True,
+    )
+    cancelled = client.post(responses_url(gw, f"/{queued['id']}/cancel")).json()
+    assert (cancelled["id"], cancelled["status"]) == (queued["id"], "cancelled")
+    assert client.get(responses_url(gw, "/" + queued["id"])).json()["status"] == "cancelled"
+
+    other = client.post(responses_url(gw), json={**RESPONSE_REQ, "background": True}).json()
+    done = client.get(responses_url(gw, "/" + other["id"])).json()
+    assert done["status"] == "completed" and done["output"][0]["content"][0]["text"] == REPLY_TEXT
+    assert client.post(responses_url(gw, f"/{other['id']}/cancel")).json() == done  # idempotent
+
+
+def test_responses_store_is_bounded(gw, client, monkeypatch):
+    monkeypatch.setattr(standin_gateway, "MAX_STORED_RESPONSES", 2)
+    ids = [client.post(responses_url(gw), json=RESPONSE_REQ).json()["id"] for _ in range(3)]
+    assert [client.get(responses_url(gw, "/" + i)).status_code for i in ids] == [404, 200, 200]
+
+
+def test_openai_native_chat_completions(gw, client):
+    url = f"{gw.openai_url}/chat/completions"
+    r = client.post(url, json={**CHAT, "model": "gpt-4o-mini"})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REPLY_TEXT
+    message = "The model `openai/gpt-4o-mini` does not exist or you do not have access to it."
+    openai_error(client.post(url, json=CHAT), 404, message, None, "model_not_found")
+
+
+# ---- provider-native routes: gateway checks and test-control headers -----------
+
+
+@pytest.mark.parametrize("route", ["anthropic/v1/messages", "openai/responses"])
+def test_native_routes_need_the_gateway_token(auth_gw, client, route):
+    url = f"{auth_gw.base_url}{auth_gw.gateway_prefix}{route}"
+    body = MESSAGES if route.startswith("anthropic") else RESPONSE_REQ
+    r = client.post(url, json=body, headers={**ANTHROPIC_HEADERS, "Authorization": "Bearer s3cret"})
+    assert r.status_code == 401
+    assert r.json() == envelope(2009, 401, "Unauthorized")
+    r = client.post(url, json=body, headers={**ANTHROPIC_HEADERS, "cf-aig-authorization": "Bearer s3cret"})
+    assert r.status_code == 200
+
+
+def test_native_route_prefix_and_provider_errors(gw, client):
+    wrong_account = f"/v1/{'f' * 32}/test-gw/anthropic/v1/messages"
+    r = client.post(gw.base_url + wrong_account, json=MESSAGES, headers=ANTHROPIC_HEADERS)
+    assert r.json() == envelope(2001, 400, "Please configure AI Gateway in the Cloudflare dashboard")
+    r = client.post(f"{gw.base_url}{gw.gateway_prefix}google-ai-studio/v1beta/models", json={})
+    assert r.json() == envelope(2008, 400, "Invalid provider")
+
+
+def native_stream(gw: StandinGateway, route: str) -> tuple[str, dict, dict]:
+    if route == "anthropic":
+        return messages_url(gw), {**MESSAGES, "stream": True}, ANTHROPIC_HEADERS
+    return responses_url(gw), {**RESPONSE_REQ, "stream": True}, {}
+
+
+def text_delta(name: str, data: dict) -> str | None:
+    if name == "content_block_delta":
+        return data["delta"]["text"]
+    return data["delta"] if name == "response.output_text.delta" else None
+
+
+@pytest.mark.parametrize("route", ["anthropic", "responses"])
+def test_native_stream_event_count_and_size(gw, client, route):
+    url, body, headers = native_stream(gw, route)
+    r = client.post(
+        url, json=body, headers={**headers, "x-standin-events": "7", "x-standin-event-bytes": "1500"}
+    )
+    blocks = [b + "\n\n" for b in r.text.split("\n\n")[:-1]]
+    events = named_events(r.text)
+    sized = [
+        len(b.encode())
+        for b, (name, data) in zip(blocks, events, strict=True)
+        if text_delta(name, data) is not None
+    ]
+    assert sized == [1500] * 7
+    texts = [text_delta(name, data) for name, data in events if text_delta(name, data) is not None]
+    if route == "responses":  # padding rides in "obfuscation"; the text and the .done event stay clean
+        assert "".join(texts) == "Hello from the stand-in gateway. Hello from"
+        assert events[-1][1]["response"]["usage"]["output_tokens"] == 7
+    else:  # Anthropic has no such field: the filler is part of the text
+        assert texts[0].startswith("Hellox") and texts[0].endswith("x")
+        assert events[-2][1]["usage"] == {"output_tokens": 7}
+
+
+@pytest.mark.parametrize("route", ["anthropic", "responses"])
+def test_native_stream_gzip_and_hold(gw, client, route):
+    url, body, headers = native_stream(gw, route)
+    headers = {**headers, "x-standin-encoding": "gzip", "x-standin-hold": f"hold-{route}"}
+    with client.stream("POST", url, json=body, headers=headers) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        d = zlib.decompressobj(31)
+        raw = r.iter_raw()
+        first = d.decompress(next(raw)).decode()
+        assert gw.wait_held(f"hold-{route}", 2)
+        assert [name for name, _ in named_events(first)] == [
+            "message_start" if route == "anthropic" else "response.created"
+        ]
+        gw.release(f"hold-{route}")
+        rest = "".join(d.decompress(chunk).decode() for chunk in raw)
+    last = named_events(first + rest)[-1][0]
+    assert last == ("message_stop" if route == "anthropic" else "response.completed")
+
+
+@pytest.mark.parametrize("route", ["anthropic", "responses"])
+def test_native_stream_reset_after(gw, client, route):
+    url, body, headers = native_stream(gw, route)
+    received = b""
+    with pytest.raises(httpx.ReadError):
+        with client.stream("POST", url, json=body, headers={**headers, "x-standin-reset-after": "3"}) as r:
+            for chunk in r.iter_raw():
+                received += chunk
+    assert len(named_events(received.decode())) == 3
+
+
+def test_native_close_and_delay(gw, client):
+    url, body, headers = native_stream(gw, "anthropic")
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.post(url, json=body, headers={**headers, "x-standin-close": "before-headers"})
+    t0 = time.monotonic()
+    r = client.post(url, json=body, headers={**headers, "x-standin-delay-ms": "30", "x-standin-events": "1"})
+    assert time.monotonic() - t0 >= 6 * 0.03 * 0.9  # 7 events: 6 gaps
+    assert len(named_events(r.text)) == 7
+
+
+# ---- the real SDKs against the native routes ----------------------------------
+
+
+@pytest.fixture
+def anthropic_client(auth_gw):
+    auth_gw.clear()
+    c = anthropic.Anthropic(
+        base_url=auth_gw.anthropic_url,
+        api_key="sk-ant-api03-test",
+        default_headers={"cf-aig-authorization": "Bearer s3cret"},
+        max_retries=0,
+    )
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def openai_client(auth_gw):
+    auth_gw.clear()
+    c = openai.OpenAI(
+        base_url=auth_gw.openai_url,
+        api_key="sk-test",
+        default_headers={"cf-aig-authorization": "Bearer s3cret"},
+        max_retries=0,
+    )
+    yield c
+    c.close()
+
+
+SDK_MESSAGES = [{"role": "user", "content": "one two three"}]
+
+
+def test_anthropic_sdk_create_and_count(anthropic_client, auth_gw):
+    msg = anthropic_client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=SDK_MESSAGES)
+    assert [(b.type, b.text) for b in msg.content] == [("text", REPLY_TEXT)]
+    assert (msg.stop_reason, msg.usage.input_tokens, msg.usage.output_tokens) == ("end_turn", 3, 5)
+    count = anthropic_client.messages.count_tokens(model="claude-sonnet-4-6", messages=SDK_MESSAGES)
+    assert count.input_tokens == 3
+    first, second = auth_gw.requests
+    assert first.path == f"{auth_gw.anthropic_prefix}/v1/messages"
+    assert second.path == f"{auth_gw.anthropic_prefix}/v1/messages/count_tokens"
+    # Newer SDKs send the key as a Bearer token: the stand-in accepts Anthropic keys in either header.
+    key = first.header("x-api-key") or first.header("authorization")
+    assert key in ("sk-ant-api03-test", "Bearer sk-ant-api03-test")
+    assert first.header("anthropic-version")
+
+
+def test_anthropic_sdk_stream_with_tool(anthropic_client):
+    with anthropic_client.messages.stream(
+        model="claude-sonnet-4-6", max_tokens=64, messages=SDK_MESSAGES, tools=TOOLS_ANTHROPIC
+    ) as stream:
+        json_parts = [e.partial_json for e in stream if e.type == "input_json"]
+        final = stream.get_final_message()
+    assert "".join(json_parts) == TOOL_ARGUMENTS
+    (tool,) = final.content
+    assert (tool.type, tool.name, tool.input) == ("tool_use", "lookup_city", {"city": "Paris"})
+    assert (final.stop_reason, final.usage.output_tokens) == ("tool_use", 2)
+
+
+def test_anthropic_sdk_compat_model_name_is_not_found(anthropic_client):
+    with pytest.raises(anthropic.NotFoundError) as exc:
+        anthropic_client.messages.create(
+            model="anthropic/claude-sonnet-4-6", max_tokens=8, messages=SDK_MESSAGES
+        )
+    assert exc.value.body["error"] == {
+        "type": "not_found_error",
+        "message": "model: anthropic/claude-sonnet-4-6",
+    }
+
+
+def test_openai_sdk_responses(openai_client):
+    created = openai_client.responses.create(model="gpt-5", input="one two three")
+    assert created.output_text == REPLY_TEXT
+    assert (created.usage.input_tokens, created.usage.output_tokens) == (3, 5)
+    retrieved = openai_client.responses.retrieve(created.id)
+    assert (retrieved.id, retrieved.output_text) == (created.id, REPLY_TEXT)
+
+    stream = openai_client.responses.create(model="gpt-5", input="hi", stream=True)
+    events = list(stream)
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY_TEXT
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == REPLY_TEXT
+
+    tools = [{"type": "function", "name": "lookup_city", "parameters": {"type": "object", "properties": {}}}]
+    called = openai_client.responses.create(model="gpt-5", input="weather?", tools=tools)
+    (call,) = called.output
+    assert (call.type, call.name, json.loads(call.arguments)) == (
+        "function_call",
+        "lookup_city",
+        {"city": "Paris"},
+    )
+
+
+def test_openai_sdk_compat_model_name_is_rejected(openai_client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        openai_client.responses.create(model="openai/gpt-5", input="hi")
+    assert exc.value.code == "model_not_found"
 
 
 # ---- transport ---------------------------------------------------------------

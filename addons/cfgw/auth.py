@@ -32,6 +32,12 @@ def bearer_token(value: str | None) -> str | None:
     return token
 
 
+def presented_key(headers: http.Headers) -> str | None:
+    """The access key a client sent: 'Authorization: Bearer <key>' (OpenAI SDKs, Claude Code's
+    ANTHROPIC_AUTH_TOKEN) or 'x-api-key: <key>' (Anthropic SDKs, Claude Code's ANTHROPIC_API_KEY)."""
+    return bearer_token(headers.get("authorization")) or headers.get("x-api-key") or None
+
+
 def key_matches(token: str | None, digests: tuple[bytes, ...]) -> bool:
     """True if token is one of the keys; the time taken does not depend on which, or on how close."""
     candidate = digest(token or "")
@@ -51,11 +57,17 @@ def mask(value: str) -> str:
     return MASK + value[-4:] if len(value) >= 16 else MASK
 
 
-_SECRET_NAMES = frozenset(name.encode() for name in SECRET_HEADERS)
+SECRET_NAMES = frozenset(name.encode() for name in SECRET_HEADERS)
+_MASK = MASK.encode()
 
 
-def _mask_field(value: bytes) -> bytes:
+def mask_field(value: bytes) -> bytes:
     return mask(value.decode("latin-1")).encode("latin-1")
+
+
+def is_masked(value: bytes) -> bool:
+    """Whether a header value is one of our masks ('********cdef', 'Bearer ********')."""
+    return value.startswith(_MASK) or value.partition(b" ")[2].strip().startswith(_MASK)
 
 
 def redact(headers: http.Headers) -> None:
@@ -65,14 +77,40 @@ def redact(headers: http.Headers) -> None:
     per-name header lookups each scan and re-encode the whole header list.
     """
     fields = headers.fields
-    if any(name.lower() in _SECRET_NAMES for name, _ in fields):
+    if any(name.lower() in SECRET_NAMES for name, _ in fields):
         headers.fields = tuple(
-            (name, _mask_field(value)) if name.lower() in _SECRET_NAMES else (name, value)
+            (name, mask_field(value)) if name.lower() in SECRET_NAMES else (name, value)
             for name, value in fields
         )
 
 
-def inject_token(request: http.Request, token: str | None) -> None:
-    """Add the gateway token unless the client sent its own cf-aig-authorization."""
-    if token and "cf-aig-authorization" not in request.headers:
-        request.headers["cf-aig-authorization"] = f"Bearer {token}"
+CLIENT_KEY_HEADERS = ("authorization", "x-api-key")
+GATEWAY_HEADER_PREFIX = b"cf-aig-"
+
+
+def set_credentials(headers: http.Headers, token: str | None, key_mode: bool, strip_gateway: bool) -> None:
+    """The headers the gateway gets for credentials, in one pass.
+
+    Key mode: the client's access key is removed (any Authorization reaching the gateway
+    bypasses its stored keys, BYOK / Unified Billing) and the proxy's token wins over a
+    client's cf-aig-authorization. ``strip_gateway`` drops every other client ``cf-aig-*``
+    header (logging, caching, cost) too. Pass-through: the token is added only when the
+    client sent none.
+    """
+    fields = headers.fields
+    if key_mode or strip_gateway:
+        drop = {name.encode() for name in CLIENT_KEY_HEADERS} if key_mode else set()
+        kept = []
+        for name, value in fields:
+            lower = name.lower()
+            if lower in drop or (
+                (strip_gateway or (key_mode and token)) and lower == b"cf-aig-authorization"
+            ):
+                continue
+            if strip_gateway and lower.startswith(GATEWAY_HEADER_PREFIX):
+                continue
+            kept.append((name, value))
+        fields = tuple(kept)
+    if token and not any(name.lower() == b"cf-aig-authorization" for name, _ in fields):
+        fields = (*fields, (b"cf-aig-authorization", f"Bearer {token}".encode()))
+    headers.fields = fields

@@ -9,9 +9,11 @@ names the option and its environment variable.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,10 @@ class Upstream:
     scheme: str
     host: str
     port: int
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.hostport}"
 
     @property
     def hostport(self) -> str:
@@ -57,9 +63,7 @@ def parse_account_id(value: str) -> str:
 
 
 def parse_gateway_id(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("is required (the name of your AI Gateway)")
+    value = value.strip() or "default"
     if len(value) > 64 or not GATEWAY_ID_RE.fullmatch(value):
         raise ValueError(
             f"must be 1-64 characters of a-z, 0-9, '_' and single '-' between them, got {value!r}"
@@ -153,11 +157,62 @@ def parse_proxy_keys(value: str) -> AccessKeys | None:
     return AccessKeys(keys=tuple(dict.fromkeys(keys)), source=source)
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One addon option: its mitmproxy name, environment variable, default and parser."""
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """A parser accepting one of ``choices`` (case-insensitive)."""
 
-    option: str
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return v
+
+    return parse
+
+
+def parse_log_file(value: str) -> str | None:
+    """'' (no file), '-' (standard output) or a path whose directory exists."""
+    v = value.strip()
+    if not v:
+        return None
+    if v == "-":
+        return v
+    path = Path(v).expanduser()
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {str(path.parent)!r} does not exist")
+    return str(path)
+
+
+# -- secrets: never shown in mitmweb's options, never echoed -----------------------------------
+
+FROM_ENV = "(from {env})"
+"""What a secret option holds when its value comes from the environment or .env."""
+
+
+def secret_source(env: str) -> str:
+    return FROM_ENV.format(env=env)
+
+
+def read_secret(value: str, env: str, environ: Mapping[str, str | None]) -> str:
+    """Resolve a secret option: its env placeholder, '@/path/to/file', or (discouraged) the literal."""
+    v = value.strip()
+    if v == secret_source(env):
+        return (environ.get(env) or "").strip()
+    if v.startswith("@"):
+        path = Path(v[1:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8-sig").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read secret file {str(path)!r}: {e.__class__.__name__}") from None
+    return v
+
+
+# -- the options, each declared once -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one option is read: its environment variable, default, parser and help."""
+
     env: str
     default: str
     parse: Callable[[str], Any]
@@ -165,104 +220,208 @@ class Setting:
     secret: bool = False
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "cf_account_id",
+def option(env: str, default: str, parse: Callable[[str], Any], help: str, secret: bool = False) -> Any:
+    """A Settings field that is also a mitmproxy option ``cf_<field>``; secrets stay out of repr."""
+    return field(metadata={"spec": Spec(env, default, parse, help, secret)}, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option, parsed. Each field is declared once here: name, variable, default, parser, help.
+
+    Rebuilt by ``configure`` as a whole (a bad value leaves the old Settings in force);
+    hooks only read it.
+    """
+
+    account_id: str = option(
         "ACCOUNT_ID",
         "",
         parse_account_id,
-        "Cloudflare account id: 32 lowercase hex characters. Required. "
-        "Defaults to $ACCOUNT_ID (environment, then .env).",
-    ),
-    Setting(
-        "cf_gateway_id",
+        "Cloudflare account id: 32 lowercase hex characters. Required.",
+    )
+    gateway_id: str = option(
         "GATEWAY_ID",
-        "",
+        "default",
         parse_gateway_id,
         "AI Gateway id: 1-64 characters of a-z, 0-9, '_' joined by single '-'. "
-        "Required. Defaults to $GATEWAY_ID.",
-    ),
-    Setting(
-        "cf_base_url",
-        "CF_BASE_URL",
-        DEFAULT_BASE_URL,
-        parse_base_url,
-        "Gateway origin as scheme://host[:port], no path, query or credentials. "
-        f"Requests go to <base>/v1/<account>/<gateway>/compat/<path>. Default {DEFAULT_BASE_URL}.",
-    ),
-    Setting(
-        "cf_log_requests",
-        "CF_LOG_REQUESTS",
-        "on",
-        parse_switch,
-        "'on' or 'off': one INFO line per request in the event log. Errors are always logged.",
-    ),
-    Setting(
-        "cf_log_format",
-        "CF_LOG_FORMAT",
-        "text",
-        parse_log_format,
-        "'text' or 'json': format of the per-request line (json is one object per line).",
-    ),
-    Setting(
-        "cf_record_limit",
-        "CF_RECORD_LIMIT",
-        "8m",
-        parse_size,
-        "Size such as 8m, 512k or 0: how much of each streamed (SSE) response is kept "
-        "on the flow for mitmweb and flow files. The client always gets every byte; 0 keeps nothing.",
-    ),
-    Setting(
-        "cf_token",
+        "Default 'default': the authenticated gateway Cloudflare creates on first use.",
+    )
+    token: str | None = option(
         "CF_AIG_TOKEN",
         "",
         parse_token,
-        "Cloudflare AI Gateway token. When set, requests without a cf-aig-authorization "
-        "header get 'cf-aig-authorization: Bearer <token>'. Empty: nothing injected.",
+        "Cloudflare AI Gateway token, sent as 'cf-aig-authorization: Bearer <token>'. "
+        "Give it as CF_AIG_TOKEN (environment or .env) or '@/path/to/file': mitmweb shows only the source.",
         secret=True,
-    ),
-    Setting(
-        "cf_proxy_keys",
+    )
+    proxy_keys: AccessKeys | None = option(
         "PROXY_KEYS",
         "",
         parse_proxy_keys,
-        "Access keys clients must send as 'Authorization: Bearer <key>': a comma-separated "
-        "list, or @path to a file with one key per line ('#' comments and blank lines ignored). "
-        "The valid key's Authorization header is removed before forwarding. Empty: no access control.",
+        "Access keys clients must send ('Authorization: Bearer <key>' or 'x-api-key: <key>'): a "
+        "comma-separated list, or @path to a file with one key per line ('#' comments ignored). "
+        "The key's header is removed before forwarding. Empty: no access control.",
         secret=True,
-    ),
-    Setting(
-        "cf_redact",
+    )
+    open_proxy: bool = option(
+        "CF_OPEN_PROXY",
+        "off",
+        parse_switch,
+        "'on' lets a proxy that injects the gateway token listen on a non-loopback address without "
+        "access keys (anyone who reaches it spends on your account). Default 'off': refuse to start.",
+    )
+    routes: str = option(
+        "CF_ROUTES",
+        "auto",
+        parse_choice("auto", "compat"),
+        "'auto': /v1/messages to the gateway's anthropic endpoint, /v1/responses to its openai "
+        "endpoint, everything else to compat. 'compat': every request to compat.",
+    )
+    client_gateway_headers: str = option(
+        "CF_CLIENT_GATEWAY_HEADERS",
+        "auto",
+        parse_choice("auto", "allow", "strip"),
+        "Whether clients' own cf-aig-* headers reach the gateway: 'allow', 'strip', or 'auto' "
+        "(strip with access keys, allow in pass-through). The proxy's token always wins in key mode.",
+    )
+    gateway_errors: str = option(
+        "CF_GATEWAY_ERRORS",
+        "reshape",
+        parse_choice("reshape", "raw"),
+        "'reshape': the gateway's own errors are given the client API's error shape (status, headers, "
+        "code and message kept), so SDKs show their message. 'raw': passed on as the gateway sent them.",
+    )
+    base_url: Upstream = option(
+        "CF_BASE_URL",
+        DEFAULT_BASE_URL,
+        parse_base_url,
+        f"Gateway origin as scheme://host[:port], no path, query or credentials. Default {DEFAULT_BASE_URL}.",
+    )
+    log_requests: bool = option(
+        "CF_LOG_REQUESTS",
+        "on",
+        parse_switch,
+        "'on' or 'off': one summary line per request in the event log. Errors are always logged.",
+    )
+    log_format: str = option(
+        "CF_LOG_FORMAT", "text", parse_choice("text", "json"), "'text' or 'json': the summary line's format."
+    )
+    log_file: str | None = option(
+        "CF_LOG_FILE",
+        "",
+        parse_log_file,
+        "Append every summary line (and nothing else) to this file, flushed per line, reopened when "
+        "rotated or on SIGHUP; '-' for standard output. Empty: the event log only.",
+    )
+    record_limit: int = option(
+        "CF_RECORD_LIMIT",
+        "8m",
+        parse_size,
+        "Size such as 8m, 512k or 0: how much of each streamed (SSE) response is kept on the flow "
+        "for mitmweb and flow files. The client always gets every byte; 0 keeps nothing.",
+    )
+    redact: bool = option(
         "CF_REDACT",
         "on",
         parse_switch,
-        "'on' or 'off': after a request is sent upstream, mask secret header values "
-        "(Authorization, cf-aig-authorization, x-api-key, api-key) on the flow kept by mitmproxy.",
-    ),
-    Setting(
-        "cf_metrics",
+        "'on' or 'off': once a request is sent, mask secret header values (authorization, "
+        "proxy-authorization, cf-aig-authorization, x-api-key, api-key) on the flow mitmproxy keeps.",
+    )
+    metrics: bool = option(
         "CF_METRICS",
         "on",
         parse_switch,
-        "'on' or 'off': answer GET /metrics on the reverse listener with Prometheus metrics "
-        "(behind the access keys when those are set).",
-    ),
+        "'on' or 'off': answer GET /metrics with Prometheus metrics (behind the access keys when set).",
+    )
+
+    @property
+    def gateway_prefix(self) -> str:
+        """The upstream path every route starts with."""
+        return f"/v1/{self.account_id}/{self.gateway_id}"
+
+    @cached_property
+    def key_digests(self) -> tuple[bytes, ...]:
+        return (
+            tuple(hashlib.sha256(k.encode()).digest() for k in self.proxy_keys.keys)
+            if self.proxy_keys
+            else ()
+        )
+
+    @property
+    def strip_client_gateway_headers(self) -> bool:
+        if self.client_gateway_headers == "auto":
+            return self.proxy_keys is not None
+        return self.client_gateway_headers == "strip"
+
+    def describe(self) -> str:
+        """The active mode for the startup line, never a secret."""
+        modes = []
+        if self.proxy_keys:
+            n = len(self.proxy_keys.keys)
+            modes.append(f"access keys: {n} key{'s' if n != 1 else ''} ({self.proxy_keys.source})")
+        if self.token:
+            modes.append("gateway token injected")
+        else:
+            modes.append(
+                "no gateway token (requests carry none unless clients send cf-aig-authorization; "
+                "authenticated gateways, which all new ones are, answer 401/2009: set CF_AIG_TOKEN)"
+            )
+        if not self.proxy_keys:
+            modes.append("pass-through (clients' own keys forwarded)")
+        return "; ".join(modes)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A Settings field seen as a mitmproxy option."""
+
+    name: str
+    field: str
+    spec: Spec
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(f"cf_{f.name}", f.name, f.metadata["spec"]) for f in fields(Settings)
 )
+BY_OPTION = {o.name: o for o in OPTIONS}
 
-BY_OPTION = {s.option: s for s in SETTINGS}
 
-
-def setting_error(setting: Setting, problem: str) -> str:
+def option_error(o: Option, problem: str) -> str:
     """One line naming both the option and the environment variable."""
-    return f"cf-gateway: {setting.option} (env {setting.env}) {problem}"
+    return f"cf-gateway: {o.name} (env {o.spec.env}) {problem}"
 
 
-def env_defaults(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
-    """Option defaults: the environment wins over .env, which wins over the built-in default."""
+def option_defaults(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
+    """Option defaults: the environment wins over .env, which wins over the built-in default.
+
+    Secrets found there become the placeholder '(from VAR)', so mitmweb never shows them.
+    """
     out = {}
-    for s in SETTINGS:
-        value = environ.get(s.env)
+    for o in OPTIONS:
+        value = environ.get(o.spec.env)
         if value is None:
-            value = dotenv.get(s.env)
-        out[s.option] = s.default if value is None else value
+            value = dotenv.get(o.spec.env)
+        if value is None:
+            out[o.name] = o.spec.default
+        elif o.spec.secret and value.strip() and not value.strip().startswith("@"):
+            out[o.name] = secret_source(o.spec.env)
+        else:
+            out[o.name] = value
     return out
+
+
+def parse_settings(values: Mapping[str, str], secrets: Mapping[str, str | None]) -> Settings:
+    """Parse every option; ValueError names the first bad option and its variable.
+
+    ``secrets`` is where '(from VAR)' placeholders are looked up (the environment, then .env).
+    """
+    parsed = {}
+    for o in OPTIONS:
+        try:
+            raw = values[o.name]
+            if o.spec.secret:
+                raw = read_secret(raw, o.spec.env, secrets)
+            parsed[o.field] = o.spec.parse(raw)
+        except ValueError as e:
+            raise ValueError(option_error(o, str(e))) from None
+    return Settings(**parsed)

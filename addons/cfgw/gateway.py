@@ -1,130 +1,149 @@
-"""The addon: options, and thin hooks that hand each reverse-mode flow to a small helper.
+"""The addon: thin mitmproxy hooks, each a guard and then one helper.
 
-Fail closed: every hook that decides where a request goes catches its own
-exceptions and answers the client itself, because mitmproxy would otherwise log
-the exception and forward the request unmodified.
+A request's way through: ``requestheaders`` decides, before the body is read,
+whether the proxy answers it itself (bad request, health, access key, path) or
+admits it; ``request`` forwards only admitted flows (route, rewrite, credentials);
+``responseheaders`` masks secrets and starts recording an event stream; ``response``
+and ``error`` give every flow one summary (log line, metrics, flow comment).
+
+Fail closed: a flow is forwarded only when ``requestheaders`` admitted it and
+``request`` rewrote it without an exception. Anything else (the addon not loaded,
+not configured, or failing) leaves the flow aimed at the ``reverse:`` target,
+which run.sh and the README point at a port nobody can listen on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from cfgw import auth, config, paths, summary, validate
+from cfgw import auth, config, logs, replies, routes, summary, usage, validate
+from cfgw.config import Settings
+from cfgw.families import BY_NAME
+from cfgw.flowinfo import META, FlowInfo
 from cfgw.metrics import Metrics
-from cfgw.replies import error_response, json_response
-from cfgw.streaming import Recorder, client_went_away, is_event_stream
-from cfgw.usage import request_model
+from cfgw.recorder import Recorder
+from cfgw.stash import Stash, Unrestorable
 
 log = logging.getLogger("cf_gateway")
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Parsed options; rebuilt by `configure`, only read by hooks."""
-
-    account_id: str
-    gateway_id: str
-    upstream: config.Upstream
-    log_requests: bool
-    log_format: str
-    record_limit: int
-    token: str | None = field(repr=False)
-    keys: config.AccessKeys | None = field(repr=False)
-    key_digests: tuple[bytes, ...] = field(repr=False)
-    redact: bool
-    metrics: bool
-
-    @property
-    def prefix(self) -> str:
-        return paths.compat_prefix(self.account_id, self.gateway_id)
-
-    @property
-    def upstream_base(self) -> str:
-        return f"{self.upstream.scheme}://{self.upstream.hostport}{self.prefix}"
-
-    def describe(self) -> str:
-        """The active mode for the startup log, never a secret."""
-        modes = []
-        if self.keys:
-            n = len(self.keys.keys)
-            modes.append(f"access keys: {n} key{'s' if n != 1 else ''} ({self.keys.source})")
-        if self.token:
-            modes.append("gateway token injected")
-        return ", ".join(modes) or "pass-through (clients' headers forwarded as sent)"
-
-
-def parse_settings(values: dict[str, str]) -> Settings:
-    """Parse every option; raises OptionsError naming the first bad option and its env var."""
-    parsed = {}
-    for s in config.SETTINGS:
-        try:
-            parsed[s.option] = s.parse(values[s.option])
-        except ValueError as e:
-            raise exceptions.OptionsError(config.setting_error(s, str(e))) from None
-    keys = parsed["cf_proxy_keys"]
-    return Settings(
-        account_id=parsed["cf_account_id"],
-        gateway_id=parsed["cf_gateway_id"],
-        upstream=parsed["cf_base_url"],
-        log_requests=parsed["cf_log_requests"],
-        log_format=parsed["cf_log_format"],
-        record_limit=parsed["cf_record_limit"],
-        token=parsed["cf_token"],
-        keys=keys,
-        key_digests=tuple(auth.digest(k) for k in keys.keys) if keys else (),
-        redact=parsed["cf_redact"],
-        metrics=parsed["cf_metrics"],
-    )
+DEFAULT_BODY_SIZE_LIMIT = "32m"
+GATEWAY_HINTS = {
+    2009: "the gateway requires authentication (all new gateways do): set CF_AIG_TOKEN to an AI Gateway "
+    "token of this account, or check that the token has the AI Gateway Run permission",
+    2001: "the gateway does not exist: check ACCOUNT_ID and GATEWAY_ID (or use GATEWAY_ID=default)",
+    2019: "the compat endpoint does not serve this path: with cf_routes=compat, Anthropic Messages and "
+    "OpenAI Responses clients need cf_routes=auto",
+}
 
 
 def is_reverse(flow: http.HTTPFlow) -> bool:
     return isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
 
 
-def recorder_of(flow: http.HTTPFlow) -> Recorder | None:
-    stream = flow.response.stream if flow.response else None
-    return stream if isinstance(stream, Recorder) else None
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class CfGateway:
     def __init__(self) -> None:
         self.settings: Settings | None = None
+        self.startup_problem: str | None = None
         self.metrics = Metrics()
-        # Forwarded flows whose secrets are not masked yet: masked when the response starts, the
-        # flow fails, or (for flows still open at shutdown, which -w saves too) in `done`.
-        self.unmasked: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowInfo] = weakref.WeakKeyDictionary()
+        self.secret_filter = logs.SecretFilter()
+        self.log_file: logs.SummaryFile | None = None
+        self.secrets_env: dict[str, str | None] = {}
+        self.explained: set[int] = set()
+        self.stash = Stash()
+
+    # -- options ---------------------------------------------------------------------
 
     def load(self, loader) -> None:
-        defaults = config.env_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
-        for s in config.SETTINGS:
-            loader.add_option(s.option, str, defaults[s.option], s.help)
+        self.secrets_env = {**dotenv_values(Path.cwd() / ".env"), **os.environ}
+        defaults = config.option_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
+        for o in config.OPTIONS:
+            loader.add_option(o.name, str, defaults[o.name], o.spec.help)
+        self.refuse_repeated_options(loader.master.options)
+        logs.install(self.secret_filter)
+
+    def refuse_repeated_options(self, options) -> None:
+        """mitmproxy drops a script silently when one of its options is given twice (or without a
+        value) with --set; take those values out of its hands and refuse to start, naming them."""
+        for o in config.OPTIONS:
+            values = getattr(options.deferred.get(o.name), "val", None)
+            if values is not None and len(values) != 1:
+                del options.deferred[o.name]
+                what = "without a value" if not values else f"{len(values)} times"
+                self.startup_problem = config.option_error(o, f"is given {what} with --set; give it once")
+                log.error(self.startup_problem)
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name in config.BY_OPTION for name in updated):
+        if not any(name in config.BY_OPTION for name in updated) and "mode" not in updated:
             return
         try:
-            settings = parse_settings({s.option: getattr(ctx.options, s.option) for s in config.SETTINGS})
-        except exceptions.OptionsError as e:
+            settings = config.parse_settings(
+                {o.name: getattr(ctx.options, o.name) for o in config.OPTIONS}, self.secrets_env
+            )
+            self.check_open_door(settings)
+        except ValueError as e:
             if self.settings is not None:
-                raise  # a bad change to a working proxy is refused; the old settings stay
-            # Never configured (startup): one clear line; mitmproxy exits on errors logged
-            # during startup, and until configured every request is answered 503, never forwarded.
+                raise exceptions.OptionsError(str(e)) from None  # refused; the old settings stay
+            # Startup: one clear line; mitmproxy exits on errors logged during startup, and until
+            # configured every request is answered 503, never forwarded.
             log.error(str(e))
             return
+        if self.startup_problem:
+            return
+        if ctx.options.body_size_limit is None:
+            ctx.options.body_size_limit = DEFAULT_BODY_SIZE_LIMIT
+        self.secret_filter.set_secrets(
+            [settings.token or "", *(settings.proxy_keys.keys if settings.proxy_keys else ())]
+        )
+        if settings.log_file != (self.settings.log_file if self.settings else None):
+            if self.log_file:
+                self.log_file.close()
+            self.log_file = logs.SummaryFile(settings.log_file) if settings.log_file else None
         if settings != self.settings:
-            log.info(f"cf-gateway: requests go to {settings.upstream_base}/...; {settings.describe()}")
+            routes_in_force = "compat only" if settings.routes == "compat" else "messages->anthropic, "
+            if settings.routes == "auto":
+                routes_in_force += "responses->openai, everything else->compat"
+            gateway = settings.gateway_id + (
+                " (Cloudflare's auto-created gateway)" if settings.gateway_id == "default" else ""
+            )
+            log.info(
+                f"cf-gateway: requests go to {settings.base_url.origin}{settings.gateway_prefix}/... "
+                f"(gateway {gateway}; routes: {routes_in_force}); {settings.describe()}"
+            )
         self.settings = settings
+
+    def check_open_door(self, s: Settings) -> None:
+        """Refuse a token-injecting proxy without access keys on a non-loopback listener."""
+        if not s.token or s.proxy_keys or s.open_proxy:
+            return
+        for spec in ctx.options.mode:
+            mode = mode_specs.ProxyMode.parse(spec)
+            host = mode.listen_host(ctx.options.listen_host)
+            if isinstance(mode, mode_specs.ReverseMode) and not is_loopback(host or "0.0.0.0"):
+                raise ValueError(
+                    f"cf-gateway: refusing to inject the gateway token (CF_AIG_TOKEN) for anyone who can "
+                    f"reach {host or '0.0.0.0'}: set access keys (PROXY_KEYS), listen on 127.0.0.1 "
+                    "(HOST_ADDR=127.0.0.1 with run.sh), or set cf_open_proxy=on (env CF_OPEN_PROXY)"
+                )
 
     def running(self) -> None:
         modes = [mode_specs.ProxyMode.parse(m) for m in ctx.options.mode]
@@ -137,186 +156,251 @@ class CfGateway:
                 "clients get an empty reply instead of a 502; run with --set connection_strategy=lazy"
             )
 
-    # -- request: decide and rewrite --------------------------------------------------
+    def done(self) -> None:
+        """Shutdown: -w saves flows still waiting for an answer, so mask them first."""
+        for flow, info in list(self.flows.items()):
+            if info.unmasked:
+                self.mask(flow, info)
+        if self.log_file:
+            self.log_file.close()
+        logs.uninstall(self.secret_filter)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    # -- request: answer locally, or admit; then forward ---------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or not is_reverse(flow):
             return
-        try:
-            self.route(flow)
-        except Exception:
-            path = flow.request.path.partition("?")[0]  # the query may carry keys
-            log.exception(
-                f"cf-gateway: internal error on {flow.request.method} {path!r}; answered 500, not forwarded"
-            )
-            flow.response = error_response(
-                500,
-                "cf-gateway hit an internal error; the request was not forwarded.",
-                "proxy_internal_error",
-                type="server_error",
-            )
+        info = self.flows[flow] = FlowInfo.of(flow)
+        if flow.is_replay == "request" and not self.restore_secrets(flow, info):
+            return
+        self.answer_or_admit(flow, info)
 
-    def route(self, flow: http.HTTPFlow) -> None:
-        """Answer locally (health, metrics, auth and path errors) or rewrite towards the gateway."""
-        self.answer_or_rewrite(flow)
-        if flow.response is not None and flow.request.method == "HEAD":
-            # mitmproxy sends a made-up response's body even to HEAD, which desyncs keep-alive clients.
-            flow.response.raw_content = b""  # headers (with GET's content-length) only
-
-    def answer_or_rewrite(self, flow: http.HTTPFlow) -> None:
+    def restore_secrets(self, flow: http.HTTPFlow, info: FlowInfo) -> bool:
+        """A replay gets the real secrets back over their masks; False if it was answered instead."""
         s = self.settings
-        req = flow.request
-        target = req.path
-        path = target.partition("?")[0]
-        meta = flow.metadata.setdefault(summary.META, {})
-        meta["path"] = path
-        if s is None:
-            flow.response = error_response(
-                503, "cf-gateway is not configured.", "proxy_not_configured", type="server_error"
+        fresh = frozenset({b"cf-aig-authorization"}) if s and s.proxy_keys and s.token else frozenset()
+        try:
+            self.stash.restore(flow, flow.metadata.get(META, {}).get("secrets"), fresh)
+        except Unrestorable as e:
+            log.warning(
+                f"cf-gateway: replay of flow {flow.id} not sent: its {logs.printable(str(e))} header is masked "
+                "and this proxy does not hold the secret (flow loaded from a file, or its original is gone)"
             )
+            self.answer(
+                flow,
+                info,
+                "unrestorable_secret",
+                400,
+                f"This replay was not sent: its '{e}' header holds a mask (********), and cf-gateway no longer "
+                "holds the secret behind it (the flow was loaded from a file, or its original flow is gone). "
+                "Type the key into the header and replay again, or replay the original flow.",
+            )
+            return False
+        return True
+
+    def answer_or_admit(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
+        """Decide before the body is read: the proxy answers itself, or the flow may be forwarded."""
+        s, req = self.settings, flow.request
+        if s is None:
+            self.answer(flow, info, "not_configured", 503, "cf-gateway is not configured.", "server_error")
             return
         try:
             validate.check_request(req)
         except validate.BadRequest as e:
-            meta["local"] = e.code
-            flow.response = error_response(e.status, str(e), e.code)
+            self.answer(flow, info, e.code, e.status, str(e))
             return
-        if path == HEALTH_PATH and req.method in ("GET", "HEAD"):
-            meta["local"] = "health"
-            flow.response = json_response(200, {"status": "ok"})
+        if info.path == HEALTH_PATH and req.method in ("GET", "HEAD"):
+            info.local = "health"
+            flow.response = replies.json_response(200, {"status": "ok"}, head=req.method == "HEAD")
             return
-        if s.keys and not flow.is_replay:
-            token = auth.bearer_token(req.headers.get("authorization"))
-            if not auth.key_matches(token, s.key_digests):
-                meta["local"] = "unauthorized"
-                problem = "Missing" if "authorization" not in req.headers else "Invalid"
-                flow.response = error_response(
-                    401,
-                    f"{problem} proxy key: send 'Authorization: Bearer <key>' "
-                    "with one of this proxy's access keys.",
+        if s.proxy_keys and not flow.is_replay:
+            if not auth.key_matches(auth.presented_key(req.headers), s.key_digests):
+                problem = "Missing" if not auth.presented_key(req.headers) else "Invalid"
+                self.answer(
+                    flow,
+                    info,
                     "invalid_proxy_key",
+                    401,
+                    f"{problem} proxy key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+                    "with one of this proxy's access keys.",
+                    "authentication_error",
                     headers={"www-authenticate": 'Bearer realm="cf-gateway"'},
                 )
                 return
-            del req.headers["authorization"]
-        if path == METRICS_PATH and req.method in ("GET", "HEAD") and s.metrics:
-            meta["local"] = "metrics"
-            flow.response = http.Response.make(
-                200, self.metrics.render(), {"content-type": self.metrics.content_type}
-            )
+        if info.path == METRICS_PATH and req.method in ("GET", "HEAD") and s.metrics:
+            info.local = "metrics"
+            body = b"" if req.method == "HEAD" else self.metrics.render()
+            flow.response = http.Response.make(200, body, {"content-type": self.metrics.content_type})
             return
-        if flow.is_replay == "request" and req.host == s.upstream.host and path.startswith(s.prefix):
-            upstream_target = target  # a replay of a flow we already rewrote
-        else:
-            try:
-                upstream_target = paths.map_target(target, s.prefix)
-            except paths.UnsafePath as e:
-                meta["local"] = "unsafe_path"
-                flow.response = error_response(400, f"Refused request path: {e}.", "invalid_path")
-                return
-        self.rewrite(req, s, upstream_target)
-        auth.inject_token(req, s.token)
-        self.unmasked.add(flow)
-        meta["upstream"] = f"{s.upstream.scheme}://{s.upstream.hostport}{upstream_target.partition('?')[0]}"
-        # Only plain bodies: decoding a compressed one just to find the model would let a small
-        # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
-        model = (
-            request_model(req.raw_content)
-            if req.raw_content and "content-encoding" not in req.headers
-            else None
-        )
-        if model:
-            meta["model"] = model
+        try:
+            info.destination, info.target = self.destination(flow, s)
+        except routes.UnsafePath as e:
+            self.answer(flow, info, "invalid_path", 400, f"Refused request path: {e}.")
+            return
+        info.admitted = True
 
     @staticmethod
-    def rewrite(req: http.Request, s: Settings, upstream_target: str) -> None:
-        req.scheme = s.upstream.scheme
+    def destination(flow: http.HTTPFlow, s: Settings) -> tuple[routes.Destination, str]:
+        req = flow.request
+        if flow.is_replay == "request" and req.host == s.base_url.host:
+            route = routes.route_of(req.path.partition("?")[0], s.gateway_prefix)
+            if route is not None:  # a replay of a flow we already rewrote
+                return routes.Destination(
+                    route, req.path.partition("?")[0][len(s.gateway_prefix) :]
+                ), req.path
+        return routes.map_target(req.path, s.gateway_prefix, s.routes)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or not is_reverse(flow):
+            return
+        info = self.flows.get(flow)
+        try:
+            if info is None or not info.admitted:
+                raise RuntimeError("the request was not admitted by requestheaders")
+            self.forward(flow, info)
+        except Exception:
+            log.exception(
+                f"cf-gateway: internal error on {logs.printable(flow.request.method)} "
+                f"{logs.printable(flow.request.path.partition('?')[0])}; answered 500, not forwarded"
+            )
+            info = info or FlowInfo.of(flow)
+            info.destination = None  # never counted as forwarded
+            self.answer(
+                flow,
+                info,
+                "proxy_internal_error",
+                500,
+                "cf-gateway hit an internal error; the request was not forwarded.",
+                "server_error",
+            )
+
+    def forward(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
+        """Aim an admitted flow at the gateway with the right credentials; the last step is the
+        one that changes where it goes, so a failure before it leaves the flow unforwardable."""
+        s, req = self.settings, flow.request
+        assert s is not None and info.destination is not None and info.target is not None
+        # Only plain bodies: decoding a compressed one just to find the model would let a small
+        # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
+        plain = req.raw_content and "content-encoding" not in req.headers
+        info.model = usage.request_model(req.raw_content) if plain else None
+        if info.model:
+            info.model = usage.fix_model_spelling(req, info.model, info.destination.route)
+        auth.set_credentials(req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers)
+        info.upstream = f"{s.base_url.origin}{info.target.partition('?')[0]}"
+        info.save(flow)
+        info.unmasked = True
+        req.scheme = s.base_url.scheme
         # Set host and port on the data directly, as mitmproxy's own layers do: their setters each
-        # rebuild Host and :authority, which the two lines below set once and for all.
-        req.data.host = s.upstream.host
-        req.data.port = s.upstream.port
-        req.path = upstream_target
+        # rebuild Host and :authority, which the lines below set once and for all.
+        req.data.host = s.base_url.host
+        req.data.port = s.base_url.port
+        req.path = info.target
         if req.is_http2 or req.is_http3:
-            req.authority = s.upstream.hostport
+            req.authority = s.base_url.hostport
         else:
             req.authority = ""  # origin-form request line, even if the client sent absolute-form
-        req.host_header = s.upstream.hostport
+        req.host_header = s.base_url.hostport
 
-    # -- response side: stream, record, summarise ---------------------------------------
+    def answer(
+        self,
+        flow: http.HTTPFlow,
+        info: FlowInfo,
+        code: str,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Every error the proxy answers itself, in the shape of the client's API family."""
+        info.local = code
+        if status >= 400 and "expect" in flow.request.headers:
+            del flow.request.headers["expect"]  # no "100 Continue": we do not want the body
+        flow.response = replies.error_response(
+            BY_NAME[info.family], status, message, code, type, headers, head=flow.request.method == "HEAD"
+        )
+
+    # -- response side: mask, stream, record, summarise -------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if not is_reverse(flow) or self.settings is None:
+        info = self.flows.get(flow)
+        if info is None or self.settings is None:
             return
-        self.mask(flow)
-        meta = flow.metadata.get(summary.META, {})
+        self.mask(flow, info)
         resp = flow.response
-        if "upstream" in meta and resp is not None and is_event_stream(resp.headers.get("content-type")):
-            flow.response.stream = Recorder(self.settings.record_limit, resp.headers.get("content-encoding"))
+        if info.upstream and resp is not None and usage.is_event_stream(resp):
+            info.recorder = Recorder(
+                self.settings.record_limit, BY_NAME[info.family], resp.headers.get("content-encoding")
+            )
+            resp.stream = info.recorder
             self.metrics.streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if not is_reverse(flow) or self.settings is None:
+        info = self.flows.get(flow)
+        if info is None or self.settings is None:
             return
-        recorder = recorder_of(flow)
-        if recorder is not None:
-            recorder.finish()  # the stream ended completely (error() is for broken ones)
-            self.metrics.streams.dec()
-            self.keep_record(flow, recorder)
-        self.finish(flow, recorder)
+        if info.recorder is not None:
+            info.recorder.finish()  # the stream ended completely (error() is for broken ones)
+        elif info.upstream and flow.response is not None:
+            reshape = self.settings.gateway_errors == "reshape"
+            info.gateway_code = usage.reshape_gateway_error(flow.response, BY_NAME[info.family], reshape)
+        self.finish(flow, info)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if not is_reverse(flow) or self.settings is None:
+        info = self.flows.get(flow)
+        if info is None or self.settings is None:
             return
-        self.mask(flow)
-        recorder = recorder_of(flow)
-        if recorder is not None:
-            self.metrics.streams.dec()
-            self.keep_record(flow, recorder)
-        self.finish(flow, recorder)
+        self.mask(flow, info)
+        self.finish(flow, info)
 
-    def done(self) -> None:
-        """Shutdown: -w saves flows still waiting for an answer, so mask them first."""
-        for flow in list(self.unmasked):
-            self.mask(flow)
-
-    def mask(self, flow: http.HTTPFlow) -> None:
-        """Mask secret headers once the request has been sent (or never will be)."""
-        self.unmasked.discard(flow)
+    def mask(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
+        """Mask secret headers once the request has been sent (or never will be); a forwarded flow's
+        secrets stay in memory (never on the flow) so that replaying it still works."""
+        info.unmasked = False
         if self.settings is not None and self.settings.redact:
+            if info.upstream and isinstance(flow.metadata.get(META), dict):
+                self.stash.keep(flow, flow.metadata[META])
             auth.redact(flow.request.headers)
+
+    def finish(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
+        """The single per-flow log line, metrics and flow-list comment."""
+        s = self.settings
+        assert s is not None
+        if info.recorder is not None:
+            self.metrics.streams.dec()
+            self.keep_record(flow, info.recorder)
+        if info.local in ("health", "metrics"):
+            return
+        record = summary.flow_record(flow, info)
+        if s.metrics:
+            self.metrics.observe(record)
+        if record.outcome == "upstream_failed":
+            where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
+            log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {record.error}")
+        if s.log_requests or self.log_file:
+            line = summary.format_json(record) if s.log_format == "json" else summary.format_text(record)
+            if s.log_requests:
+                log.info(line)
+            if self.log_file:
+                self.log_file.write(line)
+        self.explain_gateway_error(record)
+        if info.upstream:
+            comment = summary.flow_comment(record)
+            flow.comment = f"{comment}\n{flow.comment}" if flow.comment else comment
+
+    def explain_gateway_error(self, record: summary.FlowRecord) -> None:
+        """Say what to do about the gateway's own configuration errors, once per process per cause."""
+        hint = GATEWAY_HINTS.get(record.gateway_code) if record.gateway_code is not None else None
+        if hint and record.gateway_code not in self.explained:
+            self.explained.add(record.gateway_code)
+            log.warning(f"cf-gateway: the gateway answered {record.status}/{record.gateway_code}: {hint}")
 
     def keep_record(self, flow: http.HTTPFlow, recorder: Recorder) -> None:
         """Put the recorded stream back on the flow (still encoded, so get_content() decodes it)."""
         assert flow.response is not None
-        if self.settings and self.settings.record_limit == 0:
+        if recorder.limit == 0:
             return
         flow.response.raw_content = recorder.body()
         if recorder.dropped:
             note = f"stream record truncated at cf_record_limit: {recorder.dropped} bytes not kept"
             flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
             log.info(f"cf-gateway: flow {flow.id} {note}")
-
-    def finish(self, flow: http.HTTPFlow, recorder: Recorder | None) -> None:
-        """The single per-flow log line, metrics and flow-list comment."""
-        s = self.settings
-        assert s is not None
-        meta = flow.metadata.get(summary.META, {})
-        if meta.get("local") in ("health", "metrics"):
-            return
-        record = summary.flow_record(flow, recorder)
-        if s.metrics:
-            self.metrics.observe(record)
-        if flow.error:
-            where = f"mid-stream after {recorder.delivered} bytes" if recorder else "before a response"
-            client_left = client_went_away(flow)
-            if "upstream" in meta and not client_left:
-                log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {flow.error.msg}")
-            elif not s.log_requests:  # otherwise the request line below says so
-                what = "client went away" if client_left else "client request failed"
-                log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {flow.error.msg}")
-        if s.log_requests:
-            line = summary.format_json(record) if s.log_format == "json" else summary.format_text(record)
-            log.info(line)
-        if "upstream" in meta:
-            comment = summary.flow_comment(record)
-            flow.comment = f"{comment}\n{flow.comment}" if flow.comment else comment

@@ -20,6 +20,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from cfgw.routes import FAMILY_NAMES
+from cfgw.summary import FlowRecord
+
 # The *_created series double the output and say nothing a scraper needs.
 disable_created_metrics()
 
@@ -46,14 +49,12 @@ _UPSTREAM_CLOSED = ("closed", "reset", "eof", "incomplete", "protocol error", "c
 
 
 def error_reason(message: str) -> str:
-    """Fold mitmproxy's error texts into a few stable label values.
+    """Fold mitmproxy's error texts for upstream failures into a few stable label values.
 
     Order matters: "server closed connection" mentions a connection but is not a
-    connect failure, and "Client disconnected." is not the upstream's fault.
+    connect failure. Whether the upstream failed at all is summary.outcome_of's call.
     """
     m = message.lower()
-    if m.startswith("client disconnected"):
-        return "client_disconnected"
     if "tls" in m or "ssl" in m or "certificate" in m:
         return "tls"
     if "timeout" in m or "timed out" in m:
@@ -76,8 +77,8 @@ class Metrics:
         self._children: dict[tuple, object] = {}  # bounded like the label values themselves
         self.requests = Counter(
             "cf_gateway_requests",
-            "Requests answered, by model and HTTP status.",
-            ["model", "status"],
+            "Requests answered, by API family, model and the HTTP status the client got.",
+            ["family", "model", "status"],
             registry=self.registry,
         )
         self.duration = Histogram(
@@ -102,8 +103,14 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "cf_gateway_upstream_errors",
-            "Flows that failed, by reason.",
+            "Flows whose upstream (the gateway) failed, by reason.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.client_disconnects = Counter(
+            "cf_gateway_client_disconnects",
+            "Flows the client hung up on before its answer was complete, by API family.",
+            ["family"],
             registry=self.registry,
         )
         self.streams = Gauge(
@@ -135,19 +142,25 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def observe(self, record: dict) -> None:
-        status = record["status"]
-        model = self.model_label(record["model"], status)
-        if status is not None:
-            self.child(self.requests, model, str(status)).inc()
-        if record["error"]:
-            self.child(self.upstream_errors, error_reason(record["error"])).inc()
-        if record["duration_ms"] is not None:
-            self.child(self.duration, model).observe(record["duration_ms"] / 1000)
-        if record["ttfb_ms"] is not None and status is not None:
-            self.child(self.ttfb, model).observe(record["ttfb_ms"] / 1000)
-        for kind in ("prompt", "completion"):
-            n = record[f"{kind}_tokens"]
+    def observe(self, r: FlowRecord) -> None:
+        model = self.model_label(r.model, r.status)
+        family = r.family if r.family in FAMILY_NAMES else OTHER
+        if r.status is not None:
+            self.child(self.requests, family, model, str(r.status)).inc()
+        if r.outcome == "upstream_failed" and r.error:
+            self.child(self.upstream_errors, error_reason(r.error)).inc()
+        elif r.outcome == "client_closed":
+            self.child(self.client_disconnects, family).inc()
+        if r.duration_ms is not None:
+            self.child(self.duration, model).observe(r.duration_ms / 1000)
+        if r.ttfb_ms is not None and r.status is not None:
+            self.child(self.ttfb, model).observe(r.ttfb_ms / 1000)
+        for kind, n in (
+            ("prompt", r.prompt_tokens),
+            ("completion", r.completion_tokens),
+            ("cached", r.cached_tokens),
+            ("cache_creation", r.cache_creation_tokens),
+        ):
             if n:
                 self.child(self.tokens, model, kind).inc(n)
 

@@ -1,7 +1,10 @@
-"""Responses the addon answers itself: always JSON, errors in OpenAI's shape.
+"""Every response the addon answers itself is made here, in the client's own API shape.
 
-OpenAI SDKs parse ``{"error": {"message", "type", "code"}}`` into their
-exceptions, so a client sees our 400/401/500 the same way it sees a provider's.
+Each SDK parses its own error shape into its exceptions (OpenAI's
+``{"error": {"message", "type", "code"}}``, Anthropic's ``{"type": "error", ...}``), so
+a client sees our 400/401/500 the way it sees a provider's. HEAD answers carry no
+body: mitmproxy would send a made-up response's body even to HEAD, which desyncs
+keep-alive clients.
 """
 
 from __future__ import annotations
@@ -11,25 +14,33 @@ from collections.abc import Mapping
 
 from mitmproxy import http
 
+from cfgw.family import Family
+
 SERVER = "cf-gateway"
 
 
-def json_response(status: int, body: object, headers: Mapping[str, str] | None = None) -> http.Response:
-    """The one place the addon builds a response of its own."""
-    return http.Response.make(
+def json_response(
+    status: int, body: object, headers: Mapping[str, str] | None = None, head: bool = False
+) -> http.Response:
+    """A JSON response of our own; for HEAD, the headers (with GET's content-length) only."""
+    response = http.Response.make(
         status,
         json.dumps(body, separators=(",", ":")).encode(),
         {"content-type": "application/json", "server": SERVER, **(headers or {})},
     )
+    if head:
+        response.raw_content = b""
+    return response
 
 
 def error_response(
+    family: Family,
     status: int,
     message: str,
     code: str,
     type: str = "invalid_request_error",
     headers: Mapping[str, str] | None = None,
+    head: bool = False,
 ) -> http.Response:
-    """An OpenAI-style error made by the proxy itself (never by the gateway or provider)."""
-    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
-    return json_response(status, body, headers)
+    """An error made by the proxy itself (never by the gateway or provider), in ``family``'s shape."""
+    return json_response(status, family.error_body(status, message, code, type), headers, head)

@@ -1,0 +1,657 @@
+"""OpenAI Chat Completions, and the other OpenAI-shaped compat paths, as cf-gateway families.
+
+``CHAT`` is ``/v1/chat/completions``: OpenAI errors, ``usage`` with prompt/completion
+counts (a stream reports it in a last chunk when the client asks for
+``stream_options.include_usage``) and messages/choices rendered as a transcript.
+``OTHER`` is every other compat path (embeddings, models): OpenAI errors and usage
+too, but no transcript - the content view leaves those bodies to mitmproxy's JSON view.
+Everything here is pure and never raises on hostile input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from cfgw import transcript
+from cfgw.family import Family, Usage, count
+from cfgw.sse import Event
+from cfgw.transcript import args, clip, short_url
+
+__all__ = [
+    "CHAT",
+    "OTHER",
+    "ChatStreamUsage",
+    "looks_like_request",
+    "looks_like_response",
+    "openai_error_body",
+    "render_request",
+    "render_response",
+    "render_stream",
+    "usage_from_json",
+    "usage_line",
+]
+
+# --- errors and usage ----------------------------------------------------------------
+
+
+def openai_error_body(status: int, message: str, code: str | int | None, openai_type: str) -> dict:
+    """OpenAI's error shape: the SDKs raise their usual exception with this message and code.
+
+    ``status`` is not part of the body; the SDK reads it from the response.
+    """
+    return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+
+
+def _detail(usage: dict, section: str, key: str) -> int | None:
+    """A count inside ``usage[section][key]`` (e.g. prompt_tokens_details.cached_tokens)."""
+    details = usage.get(section)
+    return count(details.get(key)) if isinstance(details, dict) else None
+
+
+def _first(*values: int | None) -> int | None:
+    """The first count present: chat names win, Responses-style names are only a fallback."""
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def usage_of(usage: Any) -> Usage | None:
+    """A parsed ``usage`` object as Usage; None unless it holds a prompt, completion or total count."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _first(count(usage.get("prompt_tokens")), count(usage.get("input_tokens")))
+    completion = _first(count(usage.get("completion_tokens")), count(usage.get("output_tokens")))
+    total = count(usage.get("total_tokens"))
+    if prompt is None and completion is None and total is None:
+        return None
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        total_tokens=total,
+        cached_tokens=_first(
+            _detail(usage, "prompt_tokens_details", "cached_tokens"),
+            _detail(usage, "input_tokens_details", "cached_tokens"),
+        ),
+        reasoning_tokens=_first(
+            _detail(usage, "completion_tokens_details", "reasoning_tokens"),
+            _detail(usage, "output_tokens_details", "reasoning_tokens"),
+        ),
+    )
+
+
+def usage_from_json(obj: Any) -> Usage | None:
+    """Usage of a chat.completion or embeddings body (``usage`` at the top level); never raises."""
+    return usage_of(obj.get("usage")) if isinstance(obj, dict) else None
+
+
+_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
+
+
+def _has_usage_object(data: str) -> bool:
+    """Whether ``"usage": {`` occurs; include_usage streams send ``"usage":null`` on every other chunk."""
+    pos = data.find('"usage"')
+    while pos != -1:
+        if _USAGE_OBJECT.match(data, pos):
+            return True
+        pos = data.find('"usage"', pos + 7)
+    return False
+
+
+class ChatStreamUsage:
+    """Usage from a chat stream: the final include_usage chunk (the last usage seen wins); never raises.
+
+    Most chunks are skipped with substring tests; only one carrying a usage object is parsed.
+    """
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+    def event(self, event: Event) -> None:
+        try:
+            data = event.data
+            if '"usage"' not in data or not _has_usage_object(data):
+                return
+            try:
+                candidates = [json.loads(data)]
+            except ValueError:
+                # Servers that omit the blank line between events: one chunk per data line.
+                candidates = [json.loads(line) for line in data.split("\n") if _has_usage_object(line)]
+            for obj in candidates:
+                usage = usage_from_json(obj)
+                if usage is not None:
+                    self.usage = usage
+        except Exception:
+            pass
+
+
+# --- rendering helpers ---------------------------------------------------------------
+
+_MAX_PARAM = 1000  # characters of one request parameter's value
+_MAX_CHOICES = 1000  # distinct choice indexes assembled from a stream (each costs memory)
+
+
+def _j(v: Any) -> str:
+    """transcript.j, also for structures nested too deep to encode."""
+    try:
+        return transcript.j(v)
+    except RecursionError:
+        return "<too deeply nested>"
+
+
+def _s(v: Any) -> str:
+    """transcript.s with the same guard."""
+    return v if isinstance(v, str) else _j(v)
+
+
+def _part(part: Any) -> str:
+    """One element of multi-part content: text verbatim, media as a ``<type ...>`` tag."""
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        return _j(part)
+    typ = part.get("type")
+    if typ in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+        return part["text"]
+    if typ == "refusal" and isinstance(part.get("refusal"), str):
+        return f"refusal: {part['refusal']}"
+    if typ == "image_url":
+        img = part.get("image_url")
+        if isinstance(img, dict):
+            tag = f"<image_url {short_url(img.get('url'))}"
+            if img.get("detail"):
+                tag += f" detail={_s(img['detail'])}"
+            return tag + ">"
+        return f"<image_url {short_url(img)}>"
+    if typ == "input_audio":
+        audio = part.get("input_audio")
+        fmt = audio.get("format") if isinstance(audio, dict) else None
+        return f"<input_audio format={_s(fmt)}>" if fmt else "<input_audio>"
+    if typ == "file":
+        f = part.get("file")
+        name = (f.get("filename") or f.get("file_id")) if isinstance(f, dict) else None
+        return f"<file {_s(name)}>" if name else "<file>"
+    return f"<{_s(typ) if typ else 'part'}>"
+
+
+def _content(content: Any) -> str | None:
+    """Message content as text; None when absent."""
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(_part(p) for p in content)
+    return _j(content)
+
+
+def _arguments(arguments: Any) -> str:
+    """transcript.args with the nesting guard."""
+    try:
+        return args(arguments)
+    except RecursionError:
+        return "<too deeply nested>"
+
+
+def _call(name: Any, arguments: Any) -> str:
+    """``name(arguments)`` with the arguments as sent, cut when long."""
+    return f"{_s(name or '?')}({clip(_arguments(arguments))})"
+
+
+def _tool_call_line(call: Any) -> str:
+    """``→ tool call <id>: <name>(<arguments>)`` for one entry of ``tool_calls``."""
+    if not isinstance(call, dict):
+        return f"→ tool call: {clip(_j(call))}"
+    fn = call.get("function")
+    fn = fn if isinstance(fn, dict) else {}
+    name = fn.get("name")
+    if name is None and call.get("type") not in (None, "function"):
+        name = call.get("type")  # e.g. custom tools
+    return f"→ tool call {_s(call.get('id') or '?')}: {_call(name, fn.get('arguments'))}"
+
+
+def _reasoning(msg: dict) -> str | None:
+    """Reasoning text under either field name providers use."""
+    for key in ("reasoning_content", "reasoning"):
+        v = msg.get(key)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def _message_lines(msg: dict) -> list[str]:
+    """What a message says: reasoning, content, refusal, tool calls, audio.
+
+    Shared by request history, response choices and assembled streams; never empty.
+    """
+    out = []
+    reasoning = _reasoning(msg)
+    if reasoning is not None:
+        out += ["<reasoning>", clip(reasoning), "</reasoning>"]
+    text = _content(msg.get("content"))
+    if text:
+        out.append(clip(text))
+    refusal = msg.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        out.append(f"refusal: {clip(refusal)}")
+    calls = msg.get("tool_calls")
+    if isinstance(calls, list):
+        out += [_tool_call_line(c) for c in calls]
+    fc = msg.get("function_call")
+    if isinstance(fc, dict):
+        out.append(f"→ function call: {_call(fc.get('name'), fc.get('arguments'))}")
+    audio = msg.get("audio")
+    if isinstance(audio, dict):
+        out.append(f"<audio {_s(audio['id'])}>" if audio.get("id") else "<audio>")
+    if not out:
+        out.append("(empty)" if text == "" else "(no content)")
+    return out
+
+
+def _reply(index: Any, msg: dict, finish: Any, show_index: bool) -> list[str]:
+    """One choice of a response or stream: role tag, the message, finish reason."""
+    tag = f"[{_s(msg.get('role') or 'assistant')}]" + (f" choice {_s(index)}" if show_index else "")
+    out = [tag, *_message_lines(msg)]
+    if finish is not None:
+        out.append(f"finish_reason: {_s(finish)}")
+    return out
+
+
+def _total(u: Usage) -> int | None:
+    """OpenAI's total: the reported one, else prompt + completion (cached tokens are part of prompt)."""
+    if u.total_tokens is not None or (u.input_tokens is None and u.output_tokens is None):
+        return u.total_tokens
+    return (u.input_tokens or 0) + (u.output_tokens or 0)
+
+
+def usage_line(u: Usage | None) -> str | None:
+    """``usage: prompt 12 · completion 34 · total 46 (cached 8)`` (``?`` for missing counts)."""
+    if u is None:
+        return None
+    n = transcript.count
+    line = f"usage: prompt {n(u.input_tokens)} · completion {n(u.output_tokens)} · total {n(_total(u))}"
+    details = (("cached", u.cached_tokens), ("reasoning", u.reasoning_tokens))
+    extra = [f"{label} {v}" for label, v in details if v]
+    if extra:
+        line += " (" + ", ".join(extra) + ")"
+    return line
+
+
+def _header(obj: dict) -> list[str]:
+    """``model:`` and ``id:`` lines shared by responses and streams."""
+    out = []
+    if obj.get("model") is not None:
+        out.append(f"model: {_s(obj['model'])}")
+    if obj.get("id") is not None:
+        out.append(f"id: {_s(obj['id'])}")
+    return out
+
+
+def _json_text(obj: Any) -> str:
+    """Best effort for a body that is not what a renderer expects: one line of JSON, cut when long."""
+    return clip(_j(obj)) + "\n"
+
+
+# --- requests ------------------------------------------------------------------------
+
+_NOT_PARAMS = frozenset({"model", "messages", "tools", "functions"})
+
+
+def _tool_def(tool: Any) -> str:
+    """``tool <name>(<param names>) — <description>`` for a tool/function definition."""
+    if not isinstance(tool, dict):
+        return f"tool {clip(_j(tool), _MAX_PARAM)}"
+    fn = tool.get("function")
+    fn = fn if isinstance(fn, dict) else tool
+    name = fn.get("name") or tool.get("type") or "?"
+    params = fn.get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    names = ", ".join(str(k) for k in props) if isinstance(props, dict) else ""
+    line = f"tool {_s(name)}({names})"
+    desc = fn.get("description")
+    if isinstance(desc, str) and desc.strip():
+        line += f" — {clip(' '.join(desc.split()), _MAX_PARAM)}"
+    return line
+
+
+def _request_tag(msg: dict) -> str:
+    """``[role]``, ``[tool <call id>]``, ``[function <name>]`` or ``[user] name=alice``."""
+    role = _s(msg.get("role") or "?")
+    if role == "tool":
+        return f"[tool {_s(msg.get('tool_call_id') or '?')}]"
+    if role == "function":
+        return f"[function {_s(msg.get('name') or '?')}]"
+    return f"[{role}]" + (f" name={_s(msg['name'])}" if msg.get("name") else "")
+
+
+def render_request(obj: dict) -> str:
+    """A chat/completions request: model, params, tools, then each message of the conversation."""
+    if not isinstance(obj, dict):
+        return _json_text(obj)
+    out = []
+    if obj.get("model") is not None:
+        out.append(f"model: {_s(obj['model'])}")
+    params = [f"{k}={clip(_s(v), _MAX_PARAM)}" for k, v in obj.items() if k not in _NOT_PARAMS]
+    if params:
+        out.append("params: " + " · ".join(params))
+    tools = [t for key in ("tools", "functions") if isinstance(obj.get(key), list) for t in obj[key]]
+    if tools:
+        out.append("tools:")
+        out += ["  " + _tool_def(t) for t in tools]
+    messages = obj.get("messages")
+    if isinstance(messages, list):
+        for msg in messages:
+            out.append("")
+            if isinstance(msg, dict):
+                out += [_request_tag(msg), *_message_lines(msg)]
+            else:
+                out += ["[?]", clip(_j(msg))]
+    return "\n".join(out) + "\n"
+
+
+# --- responses -----------------------------------------------------------------------
+
+
+def render_response(obj: dict) -> str:
+    """A chat.completion: model, id, usage, error, then each choice."""
+    if not isinstance(obj, dict):
+        return _json_text(obj)
+    out = _header(obj)
+    u = usage_line(usage_of(obj.get("usage")))
+    if u:
+        out.append(u)
+    if obj.get("error") is not None:
+        out.append(f"error: {clip(_s(obj['error']))}")
+    choices = obj.get("choices")
+    choices = choices if isinstance(choices, list) else []
+    for pos, ch in enumerate(choices):
+        if not isinstance(ch, dict):
+            continue
+        msg = ch.get("message")
+        msg = msg if isinstance(msg, dict) else {}
+        index = ch.get("index", pos)
+        out.append("")
+        out += _reply(index, msg, ch.get("finish_reason"), len(choices) > 1 or index != 0)
+    return "\n".join(out) + "\n"
+
+
+# --- streams -------------------------------------------------------------------------
+
+
+class _ToolCall:
+    """One streamed tool call: id and name from its first fragment that has them, arguments joined."""
+
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id: Any = None
+        self.name: Any = None
+        self.arguments: list[str] = []
+
+
+class _StreamChoice:
+    """Accumulates the deltas of one choice index; every fragment costs O(1) (lists joined at the end)."""
+
+    __slots__ = (
+        "_by_id",
+        "_last",
+        "content",
+        "finish",
+        "function_call",
+        "reasoning",
+        "refusal",
+        "role",
+        "tools",
+    )
+
+    def __init__(self) -> None:
+        self.role: str | None = None
+        self.content: list[str] | None = None
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tools: dict[Any, _ToolCall] = {}  # tool-call index (or ("auto", n)) -> call
+        self._by_id: dict[str, Any] = {}  # tool-call id -> its key in tools
+        self._last: Any = None  # key of the call the last fragment went to
+        self.function_call: _ToolCall | None = None
+        self.finish: Any = None
+
+    def add(self, delta: dict) -> None:
+        """Merge one ``delta``: text concatenated, tool-call fragments joined per call."""
+        if isinstance(delta.get("role"), str) and self.role is None:
+            self.role = delta["role"]
+        if isinstance(delta.get("content"), str):
+            if self.content is None:
+                self.content = []
+            self.content.append(delta["content"])
+        if isinstance(delta.get("refusal"), str):
+            self.refusal.append(delta["refusal"])
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(delta.get(key), str):
+                self.reasoning.append(delta[key])
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for frag in calls:
+                if isinstance(frag, dict):
+                    self._tool_fragment(frag)
+        fc = delta.get("function_call")
+        if isinstance(fc, dict):
+            if self.function_call is None:
+                self.function_call = _ToolCall()
+            _merge(self.function_call, fc)
+
+    def _tool_fragment(self, frag: dict) -> None:
+        """``index`` identifies the call; without one (some providers), a new id starts a new call."""
+        fid = frag.get("id")
+        fid = fid if isinstance(fid, str) and fid else None
+        key = frag.get("index")
+        if not isinstance(key, int):
+            if fid is not None and fid in self._by_id:
+                key = self._by_id[fid]
+            elif fid is not None or self._last is None:
+                key = ("auto", len(self.tools))
+            else:
+                key = self._last
+        call = self.tools.get(key)
+        if call is None:
+            call = self.tools[key] = _ToolCall()
+        self._last = key
+        if fid is not None and call.id is None:
+            call.id = fid
+            self._by_id.setdefault(fid, key)
+        fn = frag.get("function")
+        if isinstance(fn, dict):
+            _merge(call, fn)
+
+    def message(self) -> dict:
+        """The assembled message, shaped like a non-streamed one."""
+        msg: dict[str, Any] = {"role": self.role or "assistant"}
+        if self.reasoning:
+            msg["reasoning_content"] = "".join(self.reasoning)
+        msg["content"] = None if self.content is None else "".join(self.content)
+        if self.refusal:
+            msg["refusal"] = "".join(self.refusal)
+        if self.tools:
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": "".join(c.arguments)},
+                }
+                for c in self.tools.values()
+            ]
+        fc = self.function_call
+        if fc is not None:
+            msg["function_call"] = {"name": fc.name, "arguments": "".join(fc.arguments)}
+        return msg
+
+
+def _merge(call: _ToolCall, fn: dict) -> None:
+    """A ``function`` fragment: the first name wins, arguments are appended."""
+    if fn.get("name") and not call.name:
+        call.name = fn["name"]
+    if fn.get("arguments") is not None:
+        call.arguments.append(_arguments(fn["arguments"]))
+
+
+_DONE = object()  # the data: [DONE] sentinel
+_BAD = object()  # data that is not JSON
+
+
+def _payloads(data: Any) -> list[Any]:
+    """An event's data as parsed chunks: usually one; one per line when a server omitted blank lines."""
+    if not isinstance(data, str):
+        return [_BAD]
+    stripped = data.strip()
+    if not stripped:
+        return []
+    if stripped == "[DONE]":
+        return [_DONE]
+    try:
+        return [json.loads(data)]
+    except Exception:  # ValueError, or RecursionError for absurd nesting
+        pass
+    if "\n" not in data:
+        return [_BAD]
+    return [p for line in data.split("\n") for p in _payloads(line)]
+
+
+def render_stream(events: Iterable[Event]) -> str:
+    """A streamed chat completion, assembled from its chunks: header, usage, stream summary, choices."""
+    first: dict | None = None
+    usage: Usage | None = None
+    errors: list[str] = []
+    choices: dict[Any, _StreamChoice] = {}
+    dropped = False
+    n_events = bad = 0
+    done = False
+    for ev in events:
+        for chunk in _payloads(getattr(ev, "data", None)):
+            if chunk is _DONE:
+                done = True
+                continue
+            n_events += 1
+            if not isinstance(chunk, dict):
+                bad += 1
+                continue
+            if first is None:
+                first = chunk
+            usage = usage_of(chunk.get("usage")) or usage
+            if chunk.get("error") is not None:
+                errors.append(clip(_s(chunk["error"])))
+            chs = chunk.get("choices")
+            if not isinstance(chs, list):
+                continue
+            for pos, ch in enumerate(chs):
+                if not isinstance(ch, dict):
+                    continue
+                index = ch.get("index", pos)
+                try:
+                    acc = choices.get(index)
+                except TypeError:  # unhashable index
+                    continue
+                if acc is None:
+                    if len(choices) >= _MAX_CHOICES:
+                        dropped = True
+                        continue
+                    acc = choices[index] = _StreamChoice()
+                if isinstance(ch.get("delta"), dict):
+                    acc.add(ch["delta"])
+                if ch.get("finish_reason") is not None:
+                    acc.finish = ch["finish_reason"]
+
+    out = _header(first or {})
+    u = usage_line(usage)
+    if u:
+        out.append(u)
+    summary = f"stream: {n_events} events"
+    if bad:
+        summary += f" ({bad} unparseable)"
+    summary += ", [DONE]" if done else " (stream incomplete: no [DONE])"
+    out.append(summary)
+    out += [f"error: {e}" for e in errors]
+    show_index = len(choices) > 1 or any(i != 0 for i in choices)
+    for index in sorted(choices, key=lambda i: (0, i, "") if type(i) is int else (1, 0, str(i))):
+        acc = choices[index]
+        out.append("")
+        out += _reply(index, acc.message(), acc.finish, show_index)
+    if dropped:
+        out += ["", f"… more choices not shown (only the first {_MAX_CHOICES} are assembled)"]
+    return "\n".join(out) + "\n"
+
+
+# --- detection -----------------------------------------------------------------------
+
+
+def looks_like_request(obj: Any) -> bool:
+    """A chat request: ``messages`` and a string ``model`` (or a first message with a role).
+
+    An Anthropic Messages request can look the same; the content view asks that family first.
+    """
+    if not isinstance(obj, dict):
+        return False
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        return False
+    first = messages[0] if messages else None
+    return isinstance(obj.get("model"), str) or (isinstance(first, dict) and "role" in first)
+
+
+def looks_like_response(obj: Any) -> bool:
+    """A chat.completion, a chat.completion.chunk, or an unlabeled body whose choices carry message/delta."""
+    if not isinstance(obj, dict):
+        return False
+    if obj.get("object") in ("chat.completion", "chat.completion.chunk"):
+        return True
+    choices = obj.get("choices")
+    return (
+        isinstance(choices, list)
+        and bool(choices)
+        and all(
+            isinstance(c, dict) and (isinstance(c.get("message"), dict) or isinstance(c.get("delta"), dict))
+            for c in choices
+        )
+    )
+
+
+CHAT = Family(
+    name="chat",
+    error_body=openai_error_body,
+    usage_from_json=usage_from_json,
+    stream_usage=ChatStreamUsage,
+    render_request=render_request,
+    render_response=render_response,
+    render_stream=render_stream,
+    looks_like_request=looks_like_request,
+    looks_like_response=looks_like_response,
+)
+
+
+# --- the other compat paths ------------------------------------------------------------
+
+
+def _events_text(events: Iterable[Event]) -> str:
+    """Each event's data on a line of its own (no OpenAI-compat path but chat streams)."""
+    return "".join(clip(_s(getattr(ev, "data", ""))) + "\n" for ev in events)
+
+
+def _never(obj: Any) -> bool:
+    """OTHER's bodies are never claimed by the content view."""
+    return False
+
+
+OTHER = Family(
+    name="other",
+    error_body=openai_error_body,
+    usage_from_json=usage_from_json,
+    stream_usage=ChatStreamUsage,
+    render_request=_json_text,  # embeddings and model lists read best in mitmproxy's JSON view
+    render_response=_json_text,
+    render_stream=_events_text,
+    looks_like_request=_never,
+    looks_like_response=_never,
+)
