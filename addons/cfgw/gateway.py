@@ -183,17 +183,18 @@ class CfGateway:
             self.stash.restore(flow, flow.metadata.get(META, {}).get("secrets"), fresh)
         except Unrestorable as e:
             log.warning(
-                f"cf-gateway: replay of flow {flow.id} not sent: its {logs.printable(str(e))} header is masked "
-                "and this proxy does not hold the secret (flow loaded from a file, or its original is gone)"
+                f"cf-gateway: replay of flow {flow.id} not sent: its {logs.printable(str(e))} header is "
+                "masked and this proxy does not hold the secret (flow loaded from a file, or its original "
+                "is gone)"
             )
             self.answer(
                 flow,
                 info,
                 "unrestorable_secret",
                 400,
-                f"This replay was not sent: its '{e}' header holds a mask (********), and cf-gateway no longer "
-                "holds the secret behind it (the flow was loaded from a file, or its original flow is gone). "
-                "Type the key into the header and replay again, or replay the original flow.",
+                f"This replay was not sent: its '{e}' header holds a mask (********), and cf-gateway "
+                "no longer holds the secret behind it (the flow was loaded from a file, or its original "
+                "flow is gone). Type the key into the header and replay again, or replay the original flow.",
             )
             return False
         return True

@@ -116,8 +116,12 @@ def fix_model_spelling(request: http.Request, model: str, route: str) -> str:
 # --- usage from a buffered body -----------------------------------------------------------------
 
 USAGE_PARSE_LIMIT = 8 << 20
-"""Buffered bodies (raw or decoded) larger than this are not parsed for usage."""
-BODY_LIMITS = decoding.Limits(max_output=USAGE_PARSE_LIMIT)
+"""Buffered bodies (raw or decoded) larger than this are not read for usage."""
+BODY_LIMITS = decoding.Limits(
+    max_output=USAGE_PARSE_LIMIT, max_input=USAGE_PARSE_LIMIT, max_total_seconds=0.01
+)
+"""A buffered body is decoded on the event loop before the client gets it: a few ms at most."""
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*(?=\{)')
 
 
 def is_json(headers: http.Headers) -> bool:
@@ -128,22 +132,38 @@ def is_event_stream(response: http.Response) -> bool:
     return sse.is_event_stream(response.headers.get("content-type"))
 
 
-def decoded_json(response: http.Response) -> object | None:
-    """A buffered JSON body, decoded within BODY_LIMITS and parsed; None when absent or too costly."""
+def decoded_body(response: http.Response) -> bytes | None:
+    """A buffered JSON body, decoded within BODY_LIMITS; None when absent or too costly."""
     raw = response.raw_content
     if not raw or len(raw) > USAGE_PARSE_LIMIT or not is_json(response.headers):
         return None
     try:
-        body = decoding.decode(raw, response.headers.get("content-encoding"), BODY_LIMITS)
-        return json.loads(body)
+        return decoding.decode(raw, response.headers.get("content-encoding"), BODY_LIMITS)
     except (decoding.DecodeAborted, ValueError) as e:
-        log.debug(f"cf-gateway: no usage for this body: {e.__class__.__name__}")
+        log.debug(f"cf-gateway: body not read for usage: {e}")
+        return None
+
+
+def parsed(body: bytes) -> object | None:
+    """A JSON body parsed; one larger than MAX_PARSE only for its trailing ``usage`` object (every
+    family puts usage last), so a big embeddings answer does not cost a whole parse."""
+    try:
+        if len(body) <= MAX_PARSE:
+            return json.loads(body)
+        pos = body.rfind(b'"usage"', max(0, len(body) - _HEAD))
+        m = _USAGE_KEY.match(body, pos) if pos != -1 else None
+        if m is None:
+            return None
+        obj, _ = json.JSONDecoder().raw_decode(body[m.end() : m.end() + _HEAD].decode("utf-8", "replace"))
+        return {"usage": obj}
+    except ValueError:
         return None
 
 
 def body_usage(family: Family, response: http.Response) -> Usage | None:
     """Usage of a buffered response; never raises."""
-    obj = decoded_json(response)
+    body = decoded_body(response)
+    obj = parsed(body) if body else None
     if obj is None:
         return None
     try:
@@ -154,8 +174,8 @@ def body_usage(family: Family, response: http.Response) -> Usage | None:
 
 # --- usage from an event stream, chunk by chunk -------------------------------------------------
 
-STREAM_LIMITS = decoding.Limits(max_output=1 << 40)
-"""Streams may be long; the decoder's members and time per chunk are what is bounded."""
+STREAM_LIMITS = decoding.Limits(max_output=1 << 40, max_input=1 << 40, max_total_seconds=2.0)
+"""Streams may be long: what is bounded is the decoder's members and its time per chunk (a few ms)."""
 
 
 class StreamScanner:
@@ -224,7 +244,8 @@ def reshape_gateway_error(response: http.Response, family: Family, reshape: bool
     so each SDK's exception names the gateway's message and code."""
     if response.status_code < 400:
         return None
-    obj = decoded_json(response)
+    body = decoded_body(response)
+    obj = parsed(body) if body and len(body) <= MAX_PARSE else None
     found = gateway_error(obj)
     if found is None:
         return None
