@@ -4,10 +4,11 @@
 #   ./run.sh [mitmproxy args...]        proxy (mitmdump) on ${HOST_ADDR:-0.0.0.0}:${HOST_PORT:-3000}
 #   ./run.sh web [mitmproxy args...]    the same with mitmweb (UI on http://127.0.0.1:8081)
 #   ./run.sh demo [mitmproxy args...]   offline: the bundled stand-in gateway + the proxy in front of it
-#   ./run.sh test [pytest args...]      ruff + the whole test suite (also on Python 3.11 + mitmproxy 11 if present)
+#   ./run.sh test [pytest args...]      ruff, mypy and the whole test suite (also on Python 3.11 + mitmproxy 11 if present)
 #   ./run.sh bench [bench args...]      benchmarks (bench/README.md)
 #
-# Environment: CF_PYTHON picks the interpreter; CF_TEST_PY311=off skips the Python 3.11 test pass.
+# Environment: CF_PYTHON picks the interpreter; CF_TEST_PY311=off skips the Python 3.11 test pass;
+# CF_DRY_RUN=1 makes run/web print the proxy command, one argument per line, instead of running it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
@@ -121,6 +122,12 @@ proxy_args() {
   fi
 }
 
+# launch CMD...: run the proxy, or print its command with CF_DRY_RUN=1 (what the tests check).
+launch() {
+  if [ "${CF_DRY_RUN:-}" = 1 ]; then printf '%s\n' "$@"; exit 0; fi
+  exec "$@"
+}
+
 cmd="${1:-run}"
 case "$cmd" in
   run|web|demo|test|bench) shift || true ;;
@@ -132,12 +139,12 @@ case "$cmd" in
   run)
     main_venv
     mapfile -t args < <(proxy_args mitmdump "$@")
-    exec .venv/bin/mitmdump "${args[@]}" "$@"
+    launch .venv/bin/mitmdump "${args[@]}" "$@"
     ;;
   web)
     main_venv
     mapfile -t args < <(proxy_args mitmweb "$@")
-    exec .venv/bin/mitmweb --web-host 127.0.0.1 "${args[@]}" "$@"
+    launch .venv/bin/mitmweb --web-host 127.0.0.1 "${args[@]}" "$@"
     ;;
   demo)
     main_venv
@@ -147,7 +154,7 @@ case "$cmd" in
     main_venv test
     echo "== ruff" >&2
     .venv/bin/ruff check .
-    echo "== mypy" >&2
+    echo "== mypy (mitmproxy $(.venv/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)'))" >&2
     .venv/bin/python -m mypy
     echo "== tests on $(.venv/bin/python --version) + mitmproxy $(.venv/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
     rc=0
@@ -157,6 +164,8 @@ case "$cmd" in
     if [ "${CF_TEST_PY311:-auto}" != off ] && [ -n "$py311" ] &&
        [ "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != 3.11 ]; then
       ensure_venv .venv311 "$py311" test
+      echo "== mypy (mitmproxy $(.venv311/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)'))" >&2
+      .venv311/bin/python -m mypy || rc=$?
       echo "== tests on $(.venv311/bin/python --version) + mitmproxy $(.venv311/bin/python -c 'import mitmproxy.version as v; print(v.VERSION)')" >&2
       .venv311/bin/python -m pytest "$@" || rc=$?
     fi

@@ -21,12 +21,13 @@ from cfgw import sse
 from cfgw.families import BY_NAME
 from cfgw.family import Family
 
+# The ignores below are each needed on one of mitmproxy 11 / 12 only.
 try:  # mitmproxy >= 12
-    from mitmproxy.contentviews import Contentview as _ViewBase
-    from mitmproxy.contentviews import Metadata
+    from mitmproxy.contentviews import Contentview as _ViewBase  # type: ignore[attr-defined,unused-ignore]
+    from mitmproxy.contentviews import Metadata  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # mitmproxy 11: no new-style content views
-    _ViewBase = object  # type: ignore[assignment,misc]
-    Metadata = Any  # type: ignore[assignment,misc]
+    _ViewBase = object  # type: ignore[assignment,misc,unused-ignore]
+    Metadata = Any  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = ["MAX_BODY", "MAX_EVENTS", "PRIORITY", "SNIFF_BYTES", "ChatView", "flow_family", "register"]
 
@@ -185,7 +186,7 @@ def render_stream_body(data: bytes, known: Family | None) -> str:
 # --- mitmproxy glue ----------------------------------------------------------------------------
 
 
-class ChatView(_ViewBase):  # type: ignore[misc,valid-type]
+class ChatView(_ViewBase):  # type: ignore[misc,valid-type,unused-ignore]
     """mitmproxy >= 12 content view; chosen automatically for LLM requests, responses and streams.
 
     With a known family, a request and a stream are always rendered (a stream's errors

@@ -1,10 +1,11 @@
-"""Options of the addon: their names, environment variables, defaults, and parsers.
+"""Options of the addon, each declared once: a ``Settings`` field with its variable, default,
+parser and help; the mitmproxy options (``cf_<field>``) are derived from those fields.
 
-Every option is declared as a plain ``str`` and parsed here, because mitmproxy
-silently unloads a script whose typed option fails to parse, which would leave
-the reverse listener forwarding traffic unmodified. Parsers are pure functions
-that raise ``ValueError``; the addon turns that into an ``OptionsError`` that
-names the option and its environment variable.
+Every option is a plain ``str`` parsed here, because mitmproxy silently unloads a
+script whose typed option fails to parse. Parsers are pure functions that raise
+``ValueError``; ``parse_settings`` names the option and its environment variable.
+Secrets (the gateway token, the access keys) never sit in an option in clear when
+they come from the environment or a file: the option shows where they come from.
 """
 
 from __future__ import annotations
@@ -108,13 +109,6 @@ def parse_size(value: str) -> int:
     if not m:
         raise ValueError(f"must be a size such as 8m, 512k or 0, got {value!r}")
     return int(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
-
-
-def parse_log_format(value: str) -> str:
-    v = value.strip().lower()
-    if v not in ("text", "json"):
-        raise ValueError(f"must be 'text' or 'json', got {value!r}")
-    return v
 
 
 def parse_token(value: str) -> str | None:

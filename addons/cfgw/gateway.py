@@ -14,9 +14,12 @@ which run.sh and the README point at a port nobody can listen on.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
+import signal
+import sys
 import weakref
 from pathlib import Path
 
@@ -37,6 +40,10 @@ log = logging.getLogger("cf_gateway")
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 DEFAULT_BODY_SIZE_LIMIT = "32m"
+ROUTES_IN_FORCE = {
+    "auto": "/v1/messages -> anthropic, /v1/responses -> openai, the rest -> compat",
+    "compat": "everything -> compat",
+}
 GATEWAY_HINTS = {
     2009: "the gateway requires authentication (all new gateways do): set CF_AIG_TOKEN to an AI Gateway "
     "token of this account, or check that the token has the AI Gateway Run permission",
@@ -70,6 +77,7 @@ class CfGateway:
         self.secrets_env: dict[str, str | None] = {}
         self.explained: set[int] = set()
         self.stash = Stash()
+        self.sighup = False
 
     # -- options ---------------------------------------------------------------------
 
@@ -114,20 +122,21 @@ class CfGateway:
         self.secret_filter.set_secrets(
             [settings.token or "", *(settings.proxy_keys.keys if settings.proxy_keys else ())]
         )
-        if settings.log_file != (self.settings.log_file if self.settings else None):
+        old_log_file = self.settings.log_file if self.settings else None
+        if settings.log_file != old_log_file:
             if self.log_file:
                 self.log_file.close()
             self.log_file = logs.SummaryFile(settings.log_file) if settings.log_file else None
+            if logs.STDOUT in (settings.log_file, old_log_file):
+                self.terminal_output(sys.stderr if settings.log_file == logs.STDOUT else sys.stdout)
+            self.reopen_on_sighup(self.log_file is not None and self.log_file.path != logs.STDOUT)
         if settings != self.settings:
-            routes_in_force = "compat only" if settings.routes == "compat" else "messages->anthropic, "
-            if settings.routes == "auto":
-                routes_in_force += "responses->openai, everything else->compat"
             gateway = settings.gateway_id + (
                 " (Cloudflare's auto-created gateway)" if settings.gateway_id == "default" else ""
             )
             log.info(
                 f"cf-gateway: requests go to {settings.base_url.origin}{settings.gateway_prefix}/... "
-                f"(gateway {gateway}; routes: {routes_in_force}); {settings.describe()}"
+                f"(gateway {gateway}; routes: {ROUTES_IN_FORCE[settings.routes]}); {settings.describe()}"
             )
         self.settings = settings
 
@@ -155,12 +164,43 @@ class CfGateway:
                 "cf-gateway: connection_strategy=eager: if the --mode reverse: target is unreachable, "
                 "clients get an empty reply instead of a 502; run with --set connection_strategy=lazy"
             )
+        self.reopen_on_sighup(self.log_file is not None and self.log_file.path != logs.STDOUT)
+
+    @staticmethod
+    def terminal_output(out) -> None:
+        """cf_log_file=-: standard output carries the summary lines and nothing else, so mitmproxy's
+        own terminal log and flow dump go to standard error (back to standard output when unset)."""
+        termlog, dumper = ctx.master.addons.get("termlog"), ctx.master.addons.get("dumper")
+        if termlog is not None:
+            termlog.logger.file = out
+        if dumper is not None:
+            dumper.outfp = out
+
+    def reopen_on_sighup(self, wanted: bool) -> None:
+        """SIGHUP (logrotate's postrotate) reopens the summary file; only while there is one, so that
+        otherwise SIGHUP keeps its default (the proxy ends with the terminal it runs in)."""
+        if wanted == self.sighup:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            if wanted:
+                loop.add_signal_handler(signal.SIGHUP, self.reopen_log_file)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+        except (AttributeError, NotImplementedError, RuntimeError):  # Windows, or no event loop yet
+            return
+        self.sighup = wanted
+
+    def reopen_log_file(self) -> None:
+        if self.log_file:
+            self.log_file.reopen()
 
     def done(self) -> None:
         """Shutdown: -w saves flows still waiting for an answer, so mask them first."""
         for flow, info in list(self.flows.items()):
             if info.unmasked:
                 self.mask(flow, info)
+        self.reopen_on_sighup(False)
         if self.log_file:
             self.log_file.close()
         logs.uninstall(self.secret_filter)
@@ -282,8 +322,8 @@ class CfGateway:
         assert s is not None and info.destination is not None and info.target is not None
         # Only plain bodies: decoding a compressed one just to find the model would let a small
         # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
-        plain = req.raw_content and "content-encoding" not in req.headers
-        info.model = usage.request_model(req.raw_content) if plain else None
+        body = req.raw_content
+        info.model = usage.request_model(body) if body and "content-encoding" not in req.headers else None
         if info.model:
             info.model = usage.fix_model_spelling(req, info.model, info.destination.route)
         auth.set_credentials(req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers)
@@ -390,9 +430,10 @@ class CfGateway:
 
     def explain_gateway_error(self, record: summary.FlowRecord) -> None:
         """Say what to do about the gateway's own configuration errors, once per process per cause."""
-        hint = GATEWAY_HINTS.get(record.gateway_code) if record.gateway_code is not None else None
-        if hint and record.gateway_code not in self.explained:
-            self.explained.add(record.gateway_code)
+        code = record.gateway_code
+        hint = GATEWAY_HINTS.get(code) if code is not None else None
+        if hint and code is not None and code not in self.explained:
+            self.explained.add(code)
             log.warning(f"cf-gateway: the gateway answered {record.status}/{record.gateway_code}: {hint}")
 
     def keep_record(self, flow: http.HTTPFlow, recorder: Recorder) -> None:

@@ -70,7 +70,7 @@ def client_went_away(flow: http.HTTPFlow) -> bool:
         return True
     if not flow.server_conn.state & ConnectionState.CAN_READ:
         return False
-    return bool(flow.error) and "client" in flow.error.msg.lower()
+    return flow.error is not None and "client" in flow.error.msg.lower()
 
 
 def outcome_of(flow: http.HTTPFlow, info: FlowInfo) -> tuple[str, int | None]:

@@ -22,72 +22,137 @@ log = logging.getLogger("cf_gateway")
 
 MAX_PARSE = 1 << 20
 """Bodies larger than this (1 MiB) are never json-parsed as a whole."""
-_HEAD = 64 << 10  # window scanned by the regex fast paths
+_HEAD = 64 << 10  # window for the trailing usage object of a big response body
+_TRIES = 8  # literal "model" keys tried from the end before giving up on the cheap path
 
-_MODEL_KEY = re.compile(rb'[{,]\s*"model"\s*:\s*"([^"\\]{1,200})"')
-_MODEL_ANY = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
-_OBJ_START = re.compile(rb"\s*\{")
-
-
-def _match_str(m: re.Match[bytes] | None) -> str | None:
-    """Decode a regex-captured model name; None when absent or not UTF-8."""
-    if m is None:
-        return None
-    try:
-        return m.group(1).decode()
-    except UnicodeDecodeError:
-        return None
+_WS = b" \t\r\n"
+_MODEL_LITERAL = b'"model"'
+_COLON = re.compile(rb"\s*:\s*")
+# A key that may spell "model" with a \u escape (its letters are U+0064..U+006F), e.g. "mod\u0065l".
+_ESCAPED_KEY = re.compile(rb'\\u006[4-9A-Fa-f][^"]{0,30}"\s*:')
+_LEADING_WS = re.compile(rb"\s*")
+_DECODER = json.JSONDecoder()
 
 
-def _model_fast(body: bytes) -> str | None:
-    """A top-level ``"model": "..."`` that precedes any nested object/array, else None.
-
-    Only text before the first nested ``{``/``[`` is considered, so a match is a
-    key of the outer object; the remainder of the body is not validated.
-    """
-    start = _OBJ_START.match(body)
-    if start is None:
-        return None
-    end = min(len(body), _HEAD)
-    i = body.find(b"{", start.end(), end)
-    if i != -1:
-        end = i
-    i = body.find(b"[", start.end(), end)
-    if i != -1:
-        end = i
-    return _match_str(_MODEL_KEY.search(body, start.end() - 1, end))
-
-
-def _find_model(body: bytes, start: int, end: int) -> re.Match[bytes] | None:
-    """First ``"model": "..."`` in body[start:end]; find() skips ahead faster than re.search."""
-    while (i := body.find(b'"model"', start, end)) != -1:
-        m = _MODEL_ANY.match(body, i, end)
-        if m is not None:
-            return m
+def escaped_model_key(body: bytes, start: int = 0) -> bool:
+    """Whether a key after ``start`` may spell "model" with escapes such as \\u0065 (find() first)."""
+    while (i := body.find(b"\\u006", start)) != -1:
+        if _ESCAPED_KEY.match(body, i):
+            return True
         start = i + 1
+    return False
+
+
+def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
+    """If the literal ``"model"`` key at ``pos`` belongs to the root object, the root's last
+    ``model`` value and its byte span; None when it does not (nested, or not a key at all).
+
+    Proof by the tail alone: a key of the root object is preceded by ``{`` or ``,`` and
+    followed by ``: value`` then only ``, "key": value`` pairs up to the root's ``}`` and the
+    end of the body; a nested key leaves more closing brackets. The tail is parsed with the
+    json module (C), so this costs what the keys after ``model`` weigh (usually little:
+    openai-python and the Anthropic SDK put ``model`` after ``messages``).
+    """
+    i = pos - 1
+    while i >= 0 and body[i] in _WS:
+        i -= 1
+    if i < 0 or body[i] not in b"{,":
+        return None
+    colon = _COLON.match(body, pos + len(_MODEL_LITERAL))
+    if colon is None:
+        return None
+    start = colon.end()
+    root = _LEADING_WS.match(body).end()  # type: ignore[union-attr]  # \s* always matches
+    if (
+        body[root : root + 1] == b"{"
+        and body.find(b"{", root + 1, pos) == -1
+        and body.find(b"[", root + 1, pos) == -1
+        and not escaped_model_key(body, start)
+    ):
+        # Only scalars stand between the root's "{" and the key, so it is the root's, and no
+        # later key can be another "model" (this is the last literal one, and none is escaped):
+        # the value is all that needs parsing (model-first bodies skip the messages entirely).
+        head = body[start : start + 4096].decode("utf-8", "ignore")
+        try:
+            value, end = _DECODER.raw_decode(head)
+            return value, start, start + len(head[:end].encode())
+        except ValueError:
+            pass  # a value longer than the window: the general way below
+    tail = body[start:].decode("utf-8")
+    value, end = _DECODER.raw_decode(tail)
+    found, span = value, (start, start + len(tail[:end].encode()))
+    n = len(tail)
+    i = end
+    while True:
+        while i < n and tail[i] in " \t\r\n":
+            i += 1
+        if i < n and tail[i] == "}":
+            return (found, *span) if not tail[i + 1 :].strip(" \t\r\n") else None
+        if i >= n or tail[i] != ",":
+            return None
+        key, i = _DECODER.raw_decode(tail, _skip_ws(tail, i + 1))
+        if not isinstance(key, str) or (i := _skip_ws(tail, i)) >= n or tail[i] != ":":
+            return None
+        vstart = _skip_ws(tail, i + 1)
+        value, i = _DECODER.raw_decode(tail, vstart)
+        if key == "model":  # a later duplicate (spelled with escapes): the last one wins, as in json
+            found = value
+            span = (start + len(tail[:vstart].encode()), start + len(tail[:i].encode()))
+
+
+def _skip_ws(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def model_span(body: bytes) -> tuple[str, int, int] | None:
+    """The root object's ``model`` (a string) and the byte span of its JSON value, or None.
+
+    For every valid JSON body this is what ``json.loads(body)["model"]`` gives (the last
+    duplicate wins; a key spelled with escapes counts), at the cost of the part of the body
+    after the key rather than the whole body. Never raises.
+    """
+    try:
+        end = len(body)
+        for _ in range(_TRIES):
+            pos = body.rfind(_MODEL_LITERAL, 0, end)
+            if pos == -1:
+                break
+            found = _top_level_after(body, pos)
+            if found is not None:
+                value, start, stop = found
+                return (value, start, stop) if isinstance(value, str) else None
+            end = pos
+        else:
+            return _parsed_model(body)  # many nested "model" keys: let json decide, bounded
+        if escaped_model_key(body):  # no literal key at the top: maybe an escaped one
+            return _parsed_model(body)
+    except (ValueError, RecursionError):
+        pass
     return None
+
+
+def _parsed_model(body: bytes) -> tuple[str, int, int] | None:
+    """The slow, exact path for odd bodies: a whole parse (bounded), then the value's span."""
+    if len(body) > MAX_PARSE:
+        return None
+    obj = json.loads(body)
+    model = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(model, str):
+        return None
+    quoted = json.dumps(model).encode()
+    spots = [m.end() for m in re.finditer(rb'"model"\s*:\s*' + re.escape(quoted), body)]
+    if len(spots) == 1:
+        return model, spots[0] - len(quoted), spots[0]
+    return model, -1, -1  # known, but not where: never rewritten
 
 
 def request_model(body: bytes) -> str | None:
-    """The ``model`` of an OpenAI-style JSON request body, or None; never raises."""
-    try:
-        if not body:
-            return None
-        model = _model_fast(body)
-        if model is not None:
-            return model
-        if len(body) > MAX_PARSE:
-            # Too big to parse: best-effort regex at the head, then the tail
-            # (openai-python serializes ``messages`` before ``model``).
-            return _match_str(_find_model(body, 0, _HEAD) or _find_model(body, len(body) - _HEAD, len(body)))
-        obj = json.loads(body)
-        if isinstance(obj, dict):
-            model = obj.get("model")
-            if isinstance(model, str):
-                return model
-    except Exception:
-        pass
-    return None
+    """The ``model`` of a JSON request body, or None; never raises."""
+    found = model_span(body) if body else None
+    return found[0] if found else None
 
 
 # --- the model name on provider routes ---------------------------------------------------------
@@ -103,14 +168,13 @@ def fix_model_spelling(request: http.Request, model: str, route: str) -> str:
     if prefix is None or not model.startswith(prefix) or len(model) == len(prefix):
         return model
     body = request.raw_content or b""
-    quoted = json.dumps(model).encode()
-    spots = [m for m in re.finditer(rb'"model"\s*:\s*' + re.escape(quoted), body)]
-    if len(spots) != 1:
-        return model  # ambiguous (the same value nested too): leave it for the provider to refuse
-    m = spots[0]
-    value_at = m.end() - len(quoted)
-    request.raw_content = body[:value_at] + json.dumps(model[len(prefix) :]).encode() + body[m.end() :]
-    return model[len(prefix) :]
+    found = model_span(body)
+    if found is None or found[0] != model or found[1] < 0:
+        return model  # not where we can rewrite it exactly: the provider will say what it wants
+    _, start, stop = found
+    bare = model[len(prefix) :]
+    request.raw_content = body[:start] + json.dumps(bare, ensure_ascii=False).encode() + body[stop:]
+    return bare
 
 
 # --- usage from a buffered body -----------------------------------------------------------------
