@@ -138,12 +138,14 @@ esac
 case "$cmd" in
   run)
     main_venv
-    mapfile -t args < <(proxy_args mitmdump "$@")
+    proxy_cmd="$(proxy_args mitmdump "$@")"  # not <(...): a bad HOST_PORT/HOST_ADDR must stop run.sh
+    mapfile -t args <<< "$proxy_cmd"
     launch .venv/bin/mitmdump "${args[@]}" "$@"
     ;;
   web)
     main_venv
-    mapfile -t args < <(proxy_args mitmweb "$@")
+    proxy_cmd="$(proxy_args mitmweb "$@")"  # not <(...): a bad HOST_PORT/HOST_ADDR must stop run.sh
+    mapfile -t args <<< "$proxy_cmd"
     launch .venv/bin/mitmweb --web-host 127.0.0.1 "${args[@]}" "$@"
     ;;
   demo)

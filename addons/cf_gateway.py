@@ -21,9 +21,12 @@ import sys
 for _name in [n for n in sys.modules if n == "cfgw" or n.startswith("cfgw.")]:
     del sys.modules[_name]
 
+from cfgw import reloader  # noqa: E402
+
+reloader.watch(__file__)  # first: even a load that fails below must see the fix of a module
+
 from cfgw import chatview  # noqa: E402
 from cfgw.gateway import CfGateway  # noqa: E402
-from cfgw.reloader import ModuleReloader  # noqa: E402
 
 
 class ChatViewRegistration:
@@ -33,4 +36,4 @@ class ChatViewRegistration:
         chatview.register()
 
 
-addons = [CfGateway(), ChatViewRegistration(), ModuleReloader(__file__)]
+addons = [CfGateway(), ChatViewRegistration()]

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """cf-gateway benchmarks: one script, one run, everything side by side (see bench/README.md).
 
-    ./run.sh bench [--quick] [--only core,stream,rss,peers,scale,soak] [--rounds N] ...
+    ./run.sh bench [--quick] [--only core,agent,memory,stream,rss,peers,scale,soak] [--rounds N]
+                   [--seconds S] ...
 
 Parts: core (small JSON POSTs: latency at c=1, throughput at c=16, keep-alive and
-a new connection per request; direct, bare mitmdump, cf-gateway variants),
-stream (SSE time to first/last event), rss (peak RSS relaying one big SSE
-stream), peers (nginx and LiteLLM doing the same job), scale (one proxy vs two
-behind nginx), soak (RSS over 20,000 requests). Everything listens on 127.0.0.1;
-every run is bounded in requests and time; everything started is stopped at the
-end, on errors and on Ctrl-C.
+a new connection per request; direct, bare mitmdump -q as the baseline, cf-gateway
+variants), agent (agent-sized request bodies with streamed answers: proxy CPU per
+request against bare streaming mitmdump), memory (peak RSS of 200 concurrent streams
+with 1 MB request bodies), stream (SSE time to first/last event), rss (peak RSS
+relaying one big SSE stream), peers (nginx and LiteLLM doing the same job), scale
+(one proxy vs two behind nginx), soak (RSS over 20,000 requests). Everything listens
+on 127.0.0.1; every run is bounded in requests and time; everything started is
+stopped at the end, on errors and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,14 +40,26 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "addons")]
 
+import agentbody  # noqa: E402
+import fastupstream  # noqa: E402
 import litellm_peer  # noqa: E402
 import loadgen  # noqa: E402
 import nginx as nginx_peer  # noqa: E402
 
 from cfgw import config as cf_config  # noqa: E402
-from tests.harness import ACCOUNT_ID, GATEWAY_ID, MITMDUMP, Proxy, free_port, start_proxy, wait_for_port  # noqa: E402
+from tests.harness import (  # noqa: E402
+    ACCOUNT_ID,
+    GATEWAY_ID,
+    MITMDUMP,
+    UNSERVABLE,
+    Proxy,
+    free_port,
+    start_proxy,
+    wait_for_port,
+)
 
-PARTS = ("core", "stream", "rss", "peers", "scale", "soak")
+PARTS = ("core", "agent", "memory", "stream", "rss", "peers", "scale", "soak")
+MODES = ("keepalive", "newconn")
 COMPAT = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
 CLIENT_PATH = "/v1/chat/completions"  # what an OpenAI SDK with base_url=<proxy>/v1 sends
 UPSTREAM_PATH = f"{COMPAT}/chat/completions"  # what reaches the gateway (direct and bare mitmdump send it)
@@ -55,11 +71,29 @@ STREAM_BODY = json.dumps(
     {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True},
     separators=(",", ":"),
 ).encode()
-GOAL_LOG_ON = 0.85
-GOAL_LOG_OFF = 0.97
+GOAL_DEFAULTS = 0.93  # ./run.sh defaults, throughput ÷ bare mitmdump -q (issue 13)
+GOAL_LOG_OFF = 0.97  # cf_log_requests=off and -q, throughput ÷ bare mitmdump -q
+GOAL_ADDED_P50_MS = 0.2  # ./run.sh defaults, p50 at c=1 minus bare mitmdump -q's
 GOAL_METRICS_COST = 0.05
+GOAL_AGENT_CPU = 1.05  # agent-sized requests: proxy CPU per request ÷ bare streaming mitmdump
+GOAL_AGENT_GROWTH_US = 5.0  # the addon's added CPU per request may grow this much per 100 KB of body
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-STREAM_ALL = ["--set", "stream_large_bodies=1"]  # bare mitmdump streaming every body: the relay's floor
+# What ./run.sh adds for mitmdump besides the reverse target and connection_strategy=lazy (which
+# tests.harness.start_proxy gives every proxy): one summary line per request, no mitmproxy dump.
+RUNSH_DEFAULTS = ("--set", "flow_detail=0")
+QUIET = ("-q",)  # no output at all: mitmproxy's own flow dump off and only errors logged
+STREAM_ALL = ("--set", "stream_large_bodies=1")  # bare mitmdump streaming every body: the relay's floor
+STREAM_RESPONSES = ("-s", str(HERE / "stream_responses.py"))  # requests buffered, as cf-gateway needs
+
+CORE_BASE = "bare mitmdump -q (no output: the baseline)"
+CORE_DUMP = "bare mitmdump, default console (flow_detail=1)"
+CORE_DEFAULTS = "cf-gateway, ./run.sh defaults (line on, metrics on)"
+CORE_LOG_OFF = "cf-gateway, cf_log_requests=off, -q"
+CORE_METRICS_OFF = "cf-gateway, ./run.sh defaults, cf_metrics=off"
+CORE_BOTH_OFF = "cf-gateway, cf_log_requests=off, cf_metrics=off, -q"
+AGENT_BASE = "bare mitmdump -q, stream_large_bodies=1 (the baseline)"
+AGENT_REF = "bare mitmdump -q, streams responses only (requests buffered)"
+AGENT_GW = "cf-gateway, ./run.sh defaults"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,19 +207,43 @@ class Services:
         )
         return Endpoint("direct (stand-in)", port, UPSTREAM_PATH, [proc.pid])
 
-    def proxy(self, label: str, upstream: Endpoint, options: dict[str, str] | None = None) -> Endpoint:
-        """mitmdump + cf-gateway (mitmproxy defaults otherwise; its output goes to a file)."""
-        p = start_proxy(f"http://127.0.0.1:{upstream.port}", options=options, workdir=self.dir("cfgw"))
-        self.add(label, p.proc.pid, p.stop)
-        return Endpoint(label, p.port, CLIENT_PATH, [p.proc.pid], proxy=p)
-
-    def bare_mitmdump(self, label: str, upstream: Endpoint, extra_args: list[str] | None = None) -> Endpoint:
-        """mitmdump in reverse mode without the addon: forwards as is, buffers whole bodies."""
+    def proxy(
+        self,
+        label: str,
+        upstream: Endpoint,
+        options: dict[str, str] | None = None,
+        args: tuple[str, ...] = RUNSH_DEFAULTS,
+    ) -> Endpoint:
+        """mitmdump + cf-gateway as ./run.sh starts it: reverse target port 0 (a flow the addon does
+        not rewrite gets a 502), cf_base_url=<upstream>, connection_strategy=lazy, and ``args``
+        (run.sh's flow_detail=0 unless told otherwise); its output goes to a file."""
         p = start_proxy(
-            f"http://127.0.0.1:{upstream.port}", addon=False, workdir=self.dir("bare"), extra_args=extra_args
+            f"http://127.0.0.1:{upstream.port}",  # becomes --set cf_base_url=...
+            options=options,
+            workdir=self.dir("cfgw"),
+            extra_args=list(args),
+            reverse_target=UNSERVABLE,
         )
         self.add(label, p.proc.pid, p.stop)
-        return Endpoint(label, p.port, UPSTREAM_PATH, [p.proc.pid], proxy=p)
+        return self.checked(Endpoint(label, p.port, CLIENT_PATH, [p.proc.pid], proxy=p))
+
+    def bare_mitmdump(self, label: str, upstream: Endpoint, args: tuple[str, ...] = QUIET) -> Endpoint:
+        """mitmdump in reverse mode (reverse:<upstream>) without the addon: forwards as is, buffers
+        whole bodies unless ``args`` say otherwise; -q (no output at all) unless told otherwise."""
+        url = f"http://127.0.0.1:{upstream.port}"
+        p = start_proxy(url, addon=False, workdir=self.dir("bare"), extra_args=list(args), reverse_target=url)
+        self.add(label, p.proc.pid, p.stop)
+        return self.checked(Endpoint(label, p.port, UPSTREAM_PATH, [p.proc.pid], proxy=p))
+
+    @staticmethod
+    def checked(ep: Endpoint) -> Endpoint:
+        """One real request first: a proxy that died at startup (a script error, a bad option) or
+        answers errors is reported, not benchmarked."""
+        r = loadgen.load(ep.port, ep.request(), 1, 1, True, request_timeout=30, time_limit=30)
+        if r.ok != 1:
+            tail = " | ".join(ep.proxy.output().strip().splitlines()[-3:])[-400:] if ep.proxy else ""
+            raise RuntimeError(f"{ep.label} answered {dict(r.statuses) or dict(r.errors)}: {tail}")
+        return ep
 
     def nginx(self, label: str, conf_for: Callable[[Path, int], Path], path: str) -> Endpoint:
         binary = nginx_peer.find_nginx()
@@ -296,30 +354,67 @@ class Plan:
     stream_repeats: int
     big_stream_mb: int
     time_limit: float = 60.0
+    seconds: float | None = None  # every measured load run lasts this long instead of a request count
+    modes: tuple[str, ...] = MODES
+    agent_sizes: tuple[int, ...] = (50_000, 200_000, 1_000_000)
+    agent_requests: int = 300
+    agent_concurrency: int = 8
+    agent_events: int = 300
+    agent_event_delay_ms: float = 1.0
+    memory_streams: int = 200
+    memory_body: int = 1_000_000
+    memory_event_delay_ms: float = 10.0
 
 
-def point(ep: Endpoint, keepalive: bool, concurrency: int, total: int, plan: Plan) -> dict:
-    """One measured run: loadgen summary + CPU the serving processes used per request."""
-    req = ep.request(close=not keepalive)
+def rotated(targets: list, rnd: int) -> list:
+    """The targets in the order of round rnd: each one goes first once, so no fixed order bias."""
+    return targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+
+
+def point(
+    ep: Endpoint,
+    keepalive: bool,
+    concurrency: int,
+    total: int,
+    plan: Plan,
+    body: bytes = CHAT_BODY,
+    request_timeout: float = 30.0,
+) -> dict:
+    """One measured run: loadgen summary + CPU the serving processes used per request.
+
+    CPU is utime+stime from /proc/<pid>/stat, read before and after, in 1/CLK_TCK ticks
+    (10 ms): the per-request figure is good to 10 ms / requests answered.
+    """
+    req = ep.request(body, close=not keepalive)
+    total, limit = (1 << 30, plan.seconds) if plan.seconds else (total, plan.time_limit)
     cpu0 = cpu_seconds(ep.pids)
-    r = loadgen.load(ep.port, req, total, concurrency, keepalive, time_limit=plan.time_limit)
+    r = loadgen.load(
+        ep.port, req, total, concurrency, keepalive, time_limit=limit, request_timeout=request_timeout
+    )
     cpu = cpu_seconds(ep.pids) - cpu0
     out = r.summary()
     out["cpu_us_per_req"] = round(cpu / r.ok * 1e6, 1) if r.ok else None
     return out
 
 
-def measure_rounds(targets: list[Endpoint], plan: Plan, modes=(True, False), tag: str = "") -> dict:
+def warm_up(ep: Endpoint, keepalive: bool, concurrency: int, total: int, body: bytes = CHAT_BODY) -> None:
+    """Requests that are not measured: connections, caches and lazy imports are ready afterwards."""
+    if total:
+        loadgen.load(
+            ep.port, ep.request(body, close=not keepalive), total, concurrency, keepalive, time_limit=60
+        )
+
+
+def measure_rounds(targets: list[Endpoint], plan: Plan, tag: str = "") -> dict:
     """c=1 latency and c=16 throughput for every target, rounds interleaved; raw runs per key."""
     raw: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for rnd in range(plan.rounds):
-        order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]  # rotate: no fixed order bias
-        for keepalive in modes:
-            mode = "keepalive" if keepalive else "newconn"
+        order = rotated(targets, rnd)
+        for mode in plan.modes:
+            keepalive = mode == "keepalive"
             for ep in order:
                 slot = raw.setdefault(ep.label, {}).setdefault(mode, {"c1": [], "c16": []})
-                if plan.warmup:
-                    point(ep, keepalive, 16, plan.warmup, plan)
+                warm_up(ep, keepalive, 16, plan.warmup)
                 slot["c1"].append(point(ep, keepalive, 1, plan.n_c1, plan))
                 slot["c16"].append(point(ep, keepalive, 16, plan.n_c16, plan))
                 c1, c16 = slot["c1"][-1], slot["c16"][-1]
@@ -355,6 +450,171 @@ def summarise(raw: dict) -> dict:
                 "requests": sum(r["requests"] for k in ("c1", "c16") for r in slot[k]),
             }
     return out
+
+
+def per_round(runs: list[dict], base: list[dict], key: str) -> list[float]:
+    """runs[i][key] / base[i][key] for every round i where both have the number."""
+    return [
+        r[key] / b[key] for r, b in zip(runs, base, strict=False) if r.get(key) is not None and b.get(key)
+    ]
+
+
+def agent_goal_rows(raw: dict, sizes: tuple[int, ...]) -> list[list[str]]:
+    """CPU per request of cf-gateway ÷ bare streaming mitmdump per body size, and how the addon's
+    added CPU grows with the body (µs per 100 KB, slope between the smallest and largest body)."""
+    rows = []
+    gw, base, ref = raw[AGENT_GW], raw[AGENT_BASE], raw[AGENT_REF]
+    for n in sizes:
+        r = per_round(gw[str(n)], base[str(n)], "cpu_us_per_req")
+        m = _median(r)
+        verdict = "met" if m is not None and m <= GOAL_AGENT_CPU else "missed"
+        rows.append(
+            [
+                f"{AGENT_GW} ÷ baseline, {kb(n)}",
+                f"<= {GOAL_AGENT_CPU}",
+                _f(m, 3),
+                _rounds(r),
+                _spread(r),
+                verdict,
+            ]
+        )
+    for n in sizes:
+        r = per_round(gw[str(n)], ref[str(n)], "cpu_us_per_req")
+        rows.append(
+            [
+                f"addon's own share: {AGENT_GW} ÷ requests-buffered reference, {kb(n)}",
+                "",
+                _f(_median(r), 3),
+                _rounds(r),
+                _spread(r),
+                "",
+            ]
+        )
+    if len(sizes) >= 2:
+        lo, hi = str(sizes[0]), str(sizes[-1])
+        per_100kb = (sizes[-1] - sizes[0]) / 100_000
+        for what, other, goal in (
+            ("added CPU vs baseline, per 100 KB of body", base, GOAL_AGENT_GROWTH_US),
+            ("addon's own added CPU (vs requests-buffered reference), per 100 KB of body", ref, None),
+        ):
+            slopes = []
+            for i in range(min(len(gw[lo]), len(gw[hi]), len(other[lo]), len(other[hi]))):
+                cpus = [gw[hi][i], other[hi][i], gw[lo][i], other[lo][i]]
+                if all(c.get("cpu_us_per_req") is not None for c in cpus):
+                    a, b, c, d = (x["cpu_us_per_req"] for x in cpus)
+                    slopes.append(((a - b) - (c - d)) / per_100kb)
+            m = _median(slopes)
+            rows.append(
+                [
+                    what,
+                    "" if goal is None else f"<= {goal:g} µs",
+                    _f(m, 1) + " µs" if m is not None else "—",
+                    _rounds(slopes, digits=1),
+                    _spread(slopes, digits=1),
+                    "" if goal is None else ("met" if m is not None and m <= goal else "missed"),
+                ]
+            )
+    return rows
+
+
+MEMORY_HEADERS = [
+    "proxy",
+    "RSS before MiB",
+    "peak RSS MiB",
+    "peak growth MiB",
+    "per stream KiB",
+    "beyond requests-buffered reference MiB",
+    "record bound (limit × streams) MiB",
+    "verdict",
+    "streams open at once (upstream)",
+    "seconds",
+    "failed",
+]
+
+
+def memory_rows(data: dict, streams: int, answer: int) -> list[list[str]]:
+    """Peak RSS growth per case; cf-gateway's growth beyond the requests-buffered reference is held
+    against what its bounded record may keep: cf_record_limit × streams."""
+
+    def growth(d: dict) -> int | None:
+        return (
+            d["hwm_after_kib"] - d["rss_before_kib"] if d["hwm_after_kib"] and d["rss_before_kib"] else None
+        )
+
+    ref = growth(data[AGENT_REF]) if AGENT_REF in data else None
+    rows = []
+    for label, d in data.items():
+        g = growth(d)
+        limit = d["record_limit"]
+        extra = g - ref if g is not None and ref is not None and limit is not None else None
+        bound = limit * streams / 1024 if limit is not None else None
+        verdict = ""
+        if limit and extra is not None and bound is not None:
+            verdict = "within" if extra <= bound else "over"
+        load = d["load"]
+        rows.append(
+            [
+                label,
+                mib(d["rss_before_kib"]),
+                mib(d["hwm_after_kib"]),
+                mib(g),
+                _f(g / streams if g is not None else None, 0),
+                mib(extra),
+                mib(bound) + (f" (answers: {mib(min(limit, answer) * streams / 1024)})" if limit else ""),
+                verdict,
+                str(d["max_concurrent_streams"]),
+                _f(d["seconds"], 1),
+                f"{load['failed']}/{load['requests']}",
+            ]
+        )
+    return rows
+
+
+def kb(n: int) -> str:
+    """A body size as the issue writes it: 50 KB, 200 KB, 1 MB (decimal)."""
+    return f"{n / 1e6:g} MB" if n >= 1_000_000 else f"{n / 1000:g} KB"
+
+
+def mib(kib: float | None) -> str:
+    return _f(kib / 1024 if kib is not None else None, 1)
+
+
+def stream_answer_bytes(events: int) -> int:
+    return fastupstream.answer_bytes(events, usage=True)
+
+
+def last_summary_line(ep: Endpoint) -> str | None:
+    """The addon's last per-request line (shows that it parsed the model and the usage)."""
+    if ep.proxy is None:
+        return None
+    lines = [x for x in ep.proxy.output().splitlines() if CLIENT_PATH in x and " -> " in x]
+    return lines[-1].strip() if lines else None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start VmHWM afresh from the current RSS (Linux: write 5 to /proc/<pid>/clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def upstream_stats(up: Endpoint, reset: bool = False) -> dict:
+    """The fast upstream's counters (requests, most streams open at once); {} if unavailable."""
+    try:
+        with socket.create_connection(("127.0.0.1", up.port), timeout=5) as s:
+            s.sendall(f"GET /__stats{'?reset=1' if reset else ''} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data.partition(b"\r\n\r\n")[2])
+    except (OSError, ValueError):
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,10 +691,16 @@ def load_table(summary: dict, labels: list[str], mode: str, direct: str, base: s
     return table(headers, rows)
 
 
-def paired(raw: dict, a: str, b: str, mode: str, key: str) -> list[float]:
-    """a/b of one c=16 number, round by round (both ran minutes apart under the same conditions)."""
-    runs_a, runs_b = raw[a][mode]["c16"], raw[b][mode]["c16"]
-    return [ra[key] / rb[key] for ra, rb in zip(runs_a, runs_b, strict=False) if ra.get(key) and rb.get(key)]
+def paired(
+    raw: dict, a: str, b: str, mode: str, key: str, load: str = "c16", diff: bool = False
+) -> list[float]:
+    """a/b (or a-b) of one number, round by round: both ran minutes apart under the same conditions."""
+    runs_a, runs_b = raw[a][mode][load], raw[b][mode][load]
+    return [
+        (ra[key] - rb[key]) if diff else ra[key] / rb[key]
+        for ra, rb in zip(runs_a, runs_b, strict=False)
+        if ra.get(key) is not None and rb.get(key)
+    ]
 
 
 def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
@@ -443,40 +709,94 @@ def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{min(values) * scale:.{digits}f} – {max(values) * scale:.{digits}f}"
 
 
-def goal_rows(raw: dict, bare: str, names: list[str]) -> list[list[str]]:
-    """Throughput ratios to bare mitmdump (log on / off) and the metrics+accounting cost at equal
-    logging: the ratio is taken within each round, the table shows the median and the range."""
+def _rounds(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """Every round's value, in round order."""
+    return " · ".join(f"{v * scale:.{digits}f}" for v in values)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+GOAL_HEADERS = ["clients", "what", "goal", "median", "per round", "range", "by CPU/req", "verdict"]
+
+
+def ratio_row(raw: dict, mode: str, label: str, base: str, goal: float | None, what: str) -> list[str]:
+    """Throughput of label ÷ base within each round (and the same from CPU per request)."""
+    by_rps = paired(raw, label, base, mode, "rps")
+    by_cpu = paired(raw, base, label, mode, "cpu_us_per_req")
+    m = _median(by_rps)
+    verdict = "" if goal is None else ("met" if m is not None and m >= goal else "missed")
+    return [
+        mode,
+        what,
+        "" if goal is None else f">= {goal}",
+        _f(m, 3),
+        _rounds(by_rps),
+        _spread(by_rps),
+        _f(_median(by_cpu), 3),
+        verdict,
+    ]
+
+
+def added_p50_row(raw: dict, mode: str, label: str, base: str, goal: float | None) -> list[str]:
+    """p50 at c=1 of label minus base's, within each round; 'by CPU/req' is the CPU it adds at c=1."""
+    diffs = paired(raw, label, base, mode, "p50_ms", load="c1", diff=True)
+    cpu = paired(raw, label, base, mode, "cpu_us_per_req", load="c1", diff=True)
+    m = _median(diffs)
+    c = _median(cpu)
+    return [
+        mode,
+        f"{label}: added p50 at c=1 vs {base.split(' (')[0]}",
+        "" if goal is None else f"<= {goal} ms",
+        _f(m, 3) + " ms",
+        _rounds(diffs),
+        _spread(diffs),
+        f"{c:+,.0f} µs" if c is not None else "—",
+        "" if goal is None else ("met" if m is not None and m <= goal else "missed"),
+    ]
+
+
+def metrics_cost_row(raw: dict, mode: str, on: str, off: str, logging: str) -> list[str]:
+    """The throughput lost by turning cf_metrics on, at equal logging, within each round."""
+    cost_rps = [1 - r for r in paired(raw, on, off, mode, "rps")]
+    cost_cpu = [r - 1 for r in paired(raw, on, off, mode, "cpu_us_per_req")]
+    m = _median(cost_rps)
+    c = _median(cost_cpu)
+    return [
+        mode,
+        f"metrics+accounting cost, {logging} (cf_metrics on vs off)",
+        f"< {GOAL_METRICS_COST:.0%}",
+        _f(m * 100 if m is not None else None, 1) + " %",
+        _rounds(cost_rps, 100, 1),
+        _spread(cost_rps, 100, 1) + (" %" if len(cost_rps) > 1 else ""),
+        _f(c * 100 if c is not None else None, 1) + " %",
+        "met" if m is not None and m < GOAL_METRICS_COST else "missed",
+    ]
+
+
+def core_goal_rows(raw: dict, modes: tuple[str, ...]) -> list[list[str]]:
+    """Issue 13's comparisons against bare mitmdump -q, each taken within a round."""
     rows = []
-    for mode in ("keepalive", "newconn"):
-        for label, goal in ((names[0], GOAL_LOG_ON), (names[1], GOAL_LOG_OFF)):
-            if label not in raw:
-                continue
-            by_rps = paired(raw, label, bare, mode, "rps")
-            by_cpu = paired(raw, bare, label, mode, "cpu_us_per_req")
-            m = statistics.median(by_rps) if by_rps else None
-            verdict = "met" if m is not None and m >= goal else "missed"
-            cpu = statistics.median(by_cpu) if by_cpu else None
+    have = lambda *labels: all(x in raw for x in labels)  # noqa: E731
+    for mode in modes:
+        if have(CORE_DEFAULTS, CORE_BASE):
             rows.append(
-                [mode, f"{label} ÷ bare", f">= {goal}", _f(m, 3), _spread(by_rps), _f(cpu, 3), verdict]
+                ratio_row(raw, mode, CORE_DEFAULTS, CORE_BASE, GOAL_DEFAULTS, f"{CORE_DEFAULTS} ÷ -q")
             )
-        for on, off in ((names[0], names[2]), (names[1], names[3])):
-            if on not in raw or off not in raw:
-                continue
-            cost_rps = [1 - r for r in paired(raw, on, off, mode, "rps")]
-            cost_cpu = [r - 1 for r in paired(raw, on, off, mode, "cpu_us_per_req")]
-            m = statistics.median(cost_rps) if cost_rps else None
-            cpu = statistics.median(cost_cpu) if cost_cpu else None
-            logging = "log on" if "log on" in on else "log off"
+        if have(CORE_LOG_OFF, CORE_BASE):
+            rows.append(ratio_row(raw, mode, CORE_LOG_OFF, CORE_BASE, GOAL_LOG_OFF, f"{CORE_LOG_OFF} ÷ -q"))
+        if have(CORE_DEFAULTS, CORE_BASE):
+            rows.append(added_p50_row(raw, mode, CORE_DEFAULTS, CORE_BASE, GOAL_ADDED_P50_MS))
+        if have(CORE_LOG_OFF, CORE_BASE):
+            rows.append(added_p50_row(raw, mode, CORE_LOG_OFF, CORE_BASE, None))
+        if have(CORE_DEFAULTS, CORE_METRICS_OFF):
+            rows.append(metrics_cost_row(raw, mode, CORE_DEFAULTS, CORE_METRICS_OFF, "line on"))
+        if have(CORE_LOG_OFF, CORE_BOTH_OFF):
+            rows.append(metrics_cost_row(raw, mode, CORE_LOG_OFF, CORE_BOTH_OFF, "line off"))
+        if have(CORE_DUMP, CORE_BASE):
             rows.append(
-                [
-                    mode,
-                    f"metrics+accounting cost, {logging} (metrics on vs off)",
-                    f"< {GOAL_METRICS_COST:.0%}",
-                    _f(m * 100 if m is not None else None, 1) + " %",
-                    _spread(cost_rps, 100, 1) + (" %" if len(cost_rps) > 1 else ""),
-                    _f(cpu * 100 if cpu is not None else None, 1) + " %",
-                    "met" if m is not None and m < GOAL_METRICS_COST else "missed",
-                ]
+                ratio_row(raw, mode, CORE_DUMP, CORE_BASE, None, "reference: mitmproxy's own flow dump ÷ -q")
             )
     return rows
 
@@ -492,7 +812,7 @@ class Bench:
         self.sv = services
         self.results: dict = {"parts": {}}
         self.markdown: list[str] = []
-        self.options = {s.option for s in cf_config.SETTINGS}
+        self.options = {o.name for o in cf_config.OPTIONS}
 
     def emit(self, text: str) -> None:
         print(text, flush=True)
@@ -511,39 +831,193 @@ class Bench:
     def core(self) -> None:
         self.part_header("core", "small JSON POSTs (chat/completions) to a fast upstream")
         up = self.sv.fast_upstream()
-        bare = self.sv.bare_mitmdump("bare mitmdump (reverse, no addon)", up)
+        bare = self.sv.bare_mitmdump(CORE_BASE, up, QUIET)
+        dump = self.sv.bare_mitmdump(CORE_DUMP, up, ())
         variants = [
-            ("cf-gateway log on, metrics on (default)", {"cf_log_requests": "on", "cf_metrics": "on"}),
-            ("cf-gateway log off, metrics on", {"cf_log_requests": "off", "cf_metrics": "on"}),
-            ("cf-gateway log on, metrics off", {"cf_log_requests": "on", "cf_metrics": "off"}),
-            ("cf-gateway log off, metrics off", {"cf_log_requests": "off", "cf_metrics": "off"}),
+            (CORE_DEFAULTS, {}, RUNSH_DEFAULTS),
+            (CORE_LOG_OFF, {"cf_log_requests": "off"}, QUIET),
+            (CORE_METRICS_OFF, {"cf_metrics": "off"}, RUNSH_DEFAULTS),
+            (CORE_BOTH_OFF, {"cf_log_requests": "off", "cf_metrics": "off"}, QUIET),
         ]
-        targets = [up, bare]
-        for label, opts in variants:
+        targets = [up, bare, dump]
+        for label, opts, args in variants:
             if set(opts) <= self.options:
-                targets.append(self.sv.proxy(label, up, opts))
+                targets.append(self.sv.proxy(label, up, opts, args))
         raw = measure_rounds(targets, self.plan)
         summary = summarise(raw)
         labels = [t.label for t in targets]
         self.results["parts"]["core"] = {"summary": summary, "raw": raw}
-        for mode in ("keepalive", "newconn"):
+        for mode in self.plan.modes:
             self.emit(f"\n### core, {MODE_TITLE[mode]} (median of {self.plan.rounds} round(s))\n")
             self.emit(load_table(summary, labels, mode, up.label, bare.label))
         self.emit(
-            "\n### core goals (c=16; each ratio is taken within a round, then the median over rounds; "
-            "'by CPU/req' is the same comparison from the proxy's own CPU time per request, "
-            "which other load on the machine disturbs less)\n"
+            "\n### core goals (issue 13), against bare mitmdump -q: each figure is taken within a round, "
+            "then the median over rounds, with every round's value and the range; throughput at c=16, "
+            "'by CPU/req' is the same ratio from the proxy's own CPU time per request, which other load "
+            "on the machine disturbs less (for the c=1 rows: the CPU per request it adds)\n"
         )
-        headers = [
-            "clients",
-            "what",
-            "goal",
-            "by req/s",
-            "range over rounds",
-            "by CPU/req",
-            "verdict (req/s)",
+        self.emit(table(GOAL_HEADERS, core_goal_rows(raw, self.plan.modes)))
+        self.stop_all_of_part()
+
+    # -- 1b. agent-sized requests ------------------------------------------------------------
+
+    def agent(self) -> None:
+        p = self.plan
+        sizes = p.agent_sizes
+        self.part_header(
+            "agent",
+            f"agent-sized requests: {', '.join(kb(n) for n in sizes)} chat JSON bodies with tool "
+            f"definitions, answers streamed as {p.agent_events} events {p.agent_event_delay_ms:g} ms apart, "
+            f"keep-alive clients, c={p.agent_concurrency}",
+        )
+        up = self.sv.fast_upstream(stream_events=p.agent_events, stream_delay_ms=p.agent_event_delay_ms)
+        gw = self.sv.proxy(AGENT_GW, up)
+        targets = [
+            self.sv.bare_mitmdump(AGENT_BASE, up, QUIET + STREAM_ALL),
+            self.sv.bare_mitmdump(AGENT_REF, up, QUIET + STREAM_RESPONSES),
+            gw,
         ]
-        self.emit(table(headers, goal_rows(raw, bare.label, [v[0] for v in variants])))
+        bodies = {n: agentbody.chat_request(n) for n in sizes}
+        raw: dict[str, dict[str, list[dict]]] = {t.label: {str(n): [] for n in sizes} for t in targets}
+        c = p.agent_concurrency
+        for rnd in range(p.rounds):
+            for n in sizes:
+                for ep in rotated(targets, rnd):
+                    warm_up(ep, True, c, min(p.warmup, 2 * c), bodies[n])
+                    r = point(ep, True, c, p.agent_requests, p, body=bodies[n], request_timeout=120)
+                    raw[ep.label][str(n)].append(r)
+                    print(
+                        f"  agent round {rnd + 1}/{p.rounds} {kb(n):>7} {ep.label:62} "
+                        f"{_f(r['rps'], 1)} req/s  CPU {_f(r['cpu_us_per_req'], 0)} µs/req"
+                        + (
+                            f"  ({r['failed']} failed: {r['errors'] or r['statuses']})" if r["failed"] else ""
+                        ),
+                        flush=True,
+                    )
+        line = last_summary_line(gw)
+        self.results["parts"]["agent"] = {
+            "raw": raw,
+            "sizes": list(sizes),
+            "body_model_offset": {str(n): bodies[n].find(b'"model"') for n in sizes},
+            "cf_gateway_last_line": line,
+        }
+        rows = []
+        for n in sizes:
+            base = raw[AGENT_BASE][str(n)]
+            base_cpu = med(base, "cpu_us_per_req")
+            for t in targets:
+                runs = raw[t.label][str(n)]
+                ratios = per_round(runs, base, "cpu_us_per_req")
+                cpu = med(runs, "cpu_us_per_req")
+                rows.append(
+                    [
+                        kb(n),
+                        t.label,
+                        _f(med(runs, "rps"), 1),
+                        _f(med(runs, "p50_ms"), 1),
+                        _f(cpu, 0),
+                        "" if t.label == AGENT_BASE else _f(cpu - base_cpu if cpu and base_cpu else None, 0),
+                        "" if t.label == AGENT_BASE else _f(_median(ratios), 3),
+                        "" if t.label == AGENT_BASE else _rounds(ratios),
+                        "" if t.label == AGENT_BASE else _spread(ratios),
+                        f"{sum(r['failed'] for r in runs)}/{sum(r['requests'] for r in runs)}",
+                    ]
+                )
+        self.emit(f"\n### agent, proxy CPU per request (median of {p.rounds} round(s))\n")
+        self.emit(
+            table(
+                [
+                    "body",
+                    "target",
+                    "req/s",
+                    "p50 ms",
+                    "CPU µs/req",
+                    "added CPU µs/req",
+                    "CPU ÷ baseline",
+                    "per round",
+                    "range",
+                    "failed",
+                ],
+                rows,
+            )
+        )
+        self.emit(
+            "\n### agent goals (issue 13): proxy CPU per request ÷ bare streaming mitmdump, within each "
+            "round; the addon's added CPU per request, per 100 KB of request body (slope between the "
+            f"smallest and the largest body). CPU is read in 1/{CLK_TCK} s ticks, so a run's CPU per "
+            "request is good to one tick ÷ its requests (the denominators of 'failed' over the rounds)\n"
+        )
+        self.emit(
+            table(["what", "goal", "median", "per round", "range", "verdict"], agent_goal_rows(raw, sizes))
+        )
+        if line:
+            self.emit(f"\ncf-gateway's summary line for its last request: `{line}`")
+        self.stop_all_of_part()
+
+    # -- 1c. memory under many concurrent agent streams ------------------------------------------
+
+    def memory(self) -> None:
+        p = self.plan
+        n = p.memory_streams
+        answer = stream_answer_bytes(p.agent_events)
+        self.part_header(
+            "memory",
+            f"peak RSS of {n} concurrent streams with {kb(p.memory_body)} request bodies "
+            f"(answers: {p.agent_events} events {p.memory_event_delay_ms:g} ms apart, "
+            f"about {answer / 1024:.0f} KiB each)",
+        )
+        up = self.sv.fast_upstream(stream_events=p.agent_events, stream_delay_ms=p.memory_event_delay_ms)
+        limit_text = cf_config.BY_OPTION["cf_record_limit"].spec.default
+        default_limit = cf_config.parse_size(limit_text)
+        cases: list[tuple[str, Callable[[], Endpoint], int | None]] = [
+            (AGENT_BASE, lambda: self.sv.bare_mitmdump(AGENT_BASE, up, QUIET + STREAM_ALL), None),
+            (AGENT_REF, lambda: self.sv.bare_mitmdump(AGENT_REF, up, QUIET + STREAM_RESPONSES), None),
+            (
+                f"cf-gateway, ./run.sh defaults (cf_record_limit {limit_text})",
+                lambda: self.sv.proxy("cfgw-memory", up),
+                default_limit,
+            ),
+            (
+                "cf-gateway, ./run.sh defaults, cf_record_limit=0",
+                lambda: self.sv.proxy("cfgw-memory-0", up, {"cf_record_limit": "0"}),
+                0,
+            ),
+        ]
+        body = agentbody.chat_request(p.memory_body)
+        data: dict[str, dict] = {}
+        for label, make, limit in cases:
+            ep = make()
+            pid = ep.pids[0]
+            warm_up(ep, True, 4, 8, body)
+            time.sleep(0.3)
+            exact = reset_peak_rss(pid)
+            rss0 = proc_status(pid, "VmRSS")
+            upstream_stats(up, reset=True)
+            t0 = time.monotonic()
+            r = loadgen.load(ep.port, ep.request(body), n, n, True, time_limit=300, request_timeout=300)
+            seconds = time.monotonic() - t0
+            hwm1 = proc_status(pid, "VmHWM")
+            stats = upstream_stats(up)
+            data[label] = {
+                "rss_before_kib": rss0,
+                "hwm_after_kib": hwm1,
+                "peak_reset": exact,
+                "record_limit": limit,
+                "max_concurrent_streams": stats.get("max_streams"),
+                "seconds": round(seconds, 1),
+                "load": r.summary(),
+            }
+            print(
+                f"  memory {label}: peak growth {mib(hwm1 - rss0 if hwm1 and rss0 else None)} MiB", flush=True
+            )
+            self.sv.stop(pid)
+        self.results["parts"]["memory"] = data
+        self.emit(table(MEMORY_HEADERS, memory_rows(data, n, answer)))
+        if not all(d["peak_reset"] for d in data.values()):
+            self.emit(
+                "\n- the peak could not be reset after the warm-up (/proc/<pid>/clear_refs): "
+                "peak growth may include the warm-up's"
+            )
         self.stop_all_of_part()
 
     # -- 2. stream ---------------------------------------------------------------------------
@@ -559,9 +1033,9 @@ class Bench:
         targets = [
             gw,
             self.sv.proxy("through cf-gateway (streams)", gw),
-            self.sv.bare_mitmdump("buffering (bare mitmdump, like the original proxy)", gw),
+            self.sv.bare_mitmdump("buffering (bare mitmdump -q, like the original proxy)", gw),
             self.sv.bare_mitmdump(
-                "bare mitmdump, stream_large_bodies=1 (streams, keeps nothing)", gw, STREAM_ALL
+                "bare mitmdump -q, stream_large_bodies=1 (streams, keeps nothing)", gw, QUIET + STREAM_ALL
             ),
         ]
         headers = {"x-standin-events": str(p.stream_events), "x-standin-delay-ms": str(p.stream_delay_ms)}
@@ -623,10 +1097,10 @@ class Bench:
                 "cf-gateway, cf_record_limit=0",
                 lambda: self.sv.proxy("cfgw-rss0", gw, {"cf_record_limit": "0"}),
             ),
-            ("buffering (bare mitmdump)", lambda: self.sv.bare_mitmdump("bare-rss", gw)),
+            ("buffering (bare mitmdump -q)", lambda: self.sv.bare_mitmdump("bare-rss", gw)),
             (
-                "bare mitmdump, stream_large_bodies=1",
-                lambda: self.sv.bare_mitmdump("bare-stream-rss", gw, STREAM_ALL),
+                "bare mitmdump -q, stream_large_bodies=1",
+                lambda: self.sv.bare_mitmdump("bare-stream-rss", gw, QUIET + STREAM_ALL),
             ),
         ]
         for label, make in cases:
@@ -692,8 +1166,8 @@ class Bench:
         p = self.plan
         self.part_header("peers", "the same job done by nginx and LiteLLM (fast upstream)")
         up = self.sv.fast_upstream(stream_events=20, stream_delay_ms=10)
-        bare = self.sv.bare_mitmdump("bare mitmdump (reverse, no addon)", up)
-        targets = [up, bare, self.sv.proxy("cf-gateway (defaults: log on, metrics on)", up)]
+        bare = self.sv.bare_mitmdump("bare mitmdump -q (reverse, no addon)", up)
+        targets = [up, bare, self.sv.proxy("cf-gateway (./run.sh defaults)", up)]
         notes: list[str] = []
         try:
             ng = self.sv.nginx(
@@ -735,7 +1209,7 @@ class Bench:
             "stream": stream_data,
             "notes": notes,
         }
-        for mode in ("keepalive", "newconn"):
+        for mode in p.modes:
             self.emit(f"\n### peers, {MODE_TITLE[mode]} (median of {p.rounds} round(s))\n")
             self.emit(load_table(summary, labels, mode, up.label, bare.label))
         self.emit(
@@ -830,7 +1304,7 @@ class Bench:
         self.results["parts"]["scale"] = {"summary": summary, "raw": raw, "notes": notes}
         base = a.label
         rows = []
-        for mode in ("keepalive", "newconn"):
+        for mode in p.modes:
             b_rps = summary[base][mode]["c16_rps"]
             for t in targets:
                 s = summary[t.label][mode]
@@ -881,8 +1355,8 @@ class Bench:
         )
         up = self.sv.fast_upstream()
         proxies = [
-            self.sv.proxy("cf-gateway (defaults: log on, metrics on)", up),
-            self.sv.bare_mitmdump("bare mitmdump (reverse, no addon)", up),
+            self.sv.proxy("cf-gateway (./run.sh defaults)", up),
+            self.sv.bare_mitmdump("bare mitmdump -q (reverse, no addon)", up),
         ]
         time.sleep(0.3)
         samples = {
@@ -1048,7 +1522,18 @@ def plan_for(args: argparse.Namespace) -> Plan:
         stream_repeats=2 if args.quick else 5,
         big_stream_mb=args.stream_mb or (20 if args.quick else 200),
         time_limit=args.time_limit,
+        seconds=args.seconds,
+        modes=args.modes,
+        agent_requests=max((args.agent_requests or 300) // scale, 16),
+        memory_streams=args.memory_streams or (50 if args.quick else 200),
     )
+
+
+def parse_modes(value: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    if not modes or set(modes) - set(MODES):
+        raise argparse.ArgumentTypeError(f"choose from {','.join(MODES)}")
+    return modes
 
 
 def write_outputs(
@@ -1077,8 +1562,14 @@ def header_markdown(info: dict, args: argparse.Namespace, plan: Plan) -> str:
         f"- kernel {info['kernel']}; Python {info['python']}; mitmproxy {info['mitmproxy']}; "
         f"nginx {info['nginx']}",
         f"- load average at start: {info['load_average_at_start']}",
-        f"- plan: {plan.rounds} round(s); c=16: {plan.n_c16} requests, c=1: {plan.n_c1} requests, "
-        f"warm-up {plan.warmup} per run; soak {plan.soak}; big stream {plan.big_stream_mb} MB",
+        f"- plan: {plan.rounds} round(s); "
+        + (
+            f"every load run {plan.seconds:g} s"
+            if plan.seconds
+            else f"c=16: {plan.n_c16} requests, c=1: {plan.n_c1} requests, agent: {plan.agent_requests}"
+        )
+        + f"; warm-up {plan.warmup} per run; clients: {', '.join(plan.modes)}; "
+        f"memory: {plan.memory_streams} streams; soak {plan.soak}; big stream {plan.big_stream_mb} MB",
         "- load generator, upstream and proxy share the same cores: every process here competes "
         "for 2 CPUs, so absolute numbers are lower bounds and ratios are the point.",
     ]
@@ -1095,6 +1586,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests-c1", type=int, help="requests per c=1 run (default 500)")
     ap.add_argument("--soak-requests", type=int, help="soak requests (default 20000)")
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds at most per measured run (60)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        help="every measured load run lasts this many seconds instead of a request count (quick checks)",
+    )
+    ap.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=MODES,
+        help="clients for core, peers and scale: keepalive,newconn (default both)",
+    )
+    ap.add_argument("--agent-requests", type=int, help="requests per agent run (default 300)")
+    ap.add_argument("--memory-streams", type=int, help="concurrent streams for memory (default 200)")
     ap.add_argument("--stream-mb", type=int, help="size of the big SSE stream for rss (default 200)")
     ap.add_argument("--out", type=Path, default=HERE / "out", help="where JSON and Markdown go (bench/out)")
     ap.add_argument("--litellm-spec", default=litellm_peer.DEFAULT_SPEC, help="pip spec for the LiteLLM peer")

@@ -6,7 +6,10 @@ more per request than the proxy under test would, so core numbers would measure
 the stand-in. This server is an asyncio Protocol that answers a fixed small
 chat.completion JSON with keep-alive. A body containing ``"stream": true`` gets
 an SSE stream of --stream-events chunks, --stream-delay-ms apart, then
-``data: [DONE]`` (so peers that cannot forward test headers still stream).
+``data: [DONE]`` (so peers that cannot forward test headers still stream); with
+``"include_usage": true`` a usage chunk comes before ``[DONE]``, as OpenAI sends it.
+``GET /__stats`` (``?reset=1`` to start counting again) answers the number of requests
+and the most streams that were open at once, so a benchmark can check its concurrency.
 
     python bench/fastupstream.py --port P [--stream-events 20 --stream-delay-ms 10]
 """
@@ -18,10 +21,12 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sys
 import time
 
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
+USAGE_RE = re.compile(rb'"include_usage"\s*:\s*true')
 MAX_HEAD = 65536
 
 COMPLETION = json.dumps(
@@ -49,20 +54,36 @@ COMPLETION = json.dumps(
 ).encode()
 
 
-def chunk_event(text: str | None, finish: str | None = None) -> bytes:
+def chunk_event(text: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
     delta = {} if text is None else {"content": text}
-    obj = {
+    obj: dict = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": "openai/gpt-4o-mini",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
+    if usage is not None:
+        obj.update(choices=[], usage=usage)
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 def chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+WORDS = ("Hello", " from", " the", " bench", " upstream.")
+WORD_EVENTS = [chunked(chunk_event(w)) for w in WORDS]
+USAGE = {"prompt_tokens": 41210, "completion_tokens": 300, "total_tokens": 41510}
+USAGE_EVENT = chunk_event(None, usage=USAGE)
+STOP_EVENT = chunk_event(None, "stop")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def answer_bytes(events: int, usage: bool) -> int:
+    """The size of one streamed answer's body (the SSE text, without the chunked framing)."""
+    text = sum(len(chunk_event(WORDS[i % len(WORDS)])) for i in range(events))
+    return text + len(STOP_EVENT) + (len(USAGE_EVENT) if usage else 0) + len(DONE_EVENT)
 
 
 class Upstream(asyncio.Protocol):
@@ -76,6 +97,10 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Each event leaves when it is written (as a model's tokens do), not held back by Nagle.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -109,10 +134,14 @@ class Upstream(asyncio.Protocol):
                 consumed = body_start + length
             del self.buf[:consumed]
             close = b"\r\nconnection: close" in head or head.split(b"\r\n", 1)[0].endswith(b"http/1.0")
+            if head.startswith(b"get /__stats"):
+                self.transport.write(self.server.stats(reset=b"reset=1" in head.split(b"\r\n", 1)[0]))
+                continue
             self.server.requests += 1
             if STREAM_RE.search(body):
                 self.streaming = True
-                self.server.tasks.add(task := asyncio.ensure_future(self.stream(close)))
+                usage = USAGE_RE.search(body) is not None
+                self.server.tasks.add(task := asyncio.ensure_future(self.stream(close, usage)))
                 task.add_done_callback(self.server.tasks.discard)
                 return
             self.transport.write(
@@ -124,7 +153,7 @@ class Upstream(asyncio.Protocol):
                 return
 
     def dechunk(self, start: int) -> tuple[bytes | None, int]:
-        parts = []
+        parts: list[bytes] = []
         pos = start
         while True:
             eol = self.buf.find(b"\r\n", pos)
@@ -141,27 +170,36 @@ class Upstream(asyncio.Protocol):
             parts.append(bytes(self.buf[eol + 2 : eol + 2 + size]))
             pos = eol + 2 + size + 2
 
-    async def stream(self, close: bool) -> None:
+    async def stream(self, close: bool, usage: bool = False) -> None:
         t = self.transport
         assert t is not None
+        self.server.stream_opened()
+        try:
+            await self.send_events(t, close, usage)
+        finally:
+            self.server.active_streams -= 1
+        if not close and not t.is_closing():
+            self.streaming = False
+            self.process()
+
+    async def send_events(self, t: asyncio.Transport, close: bool, usage: bool) -> None:
         t.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n%s\r\n" % (b"Connection: close\r\n" if close else b"")
         )
-        words = ["Hello", " from", " the", " bench", " upstream."]
         delay = self.server.stream_delay
         for i in range(self.server.stream_events):
             if t.is_closing():
                 return
-            t.write(chunked(chunk_event(words[i % len(words)])))
+            t.write(WORD_EVENTS[i % len(WORD_EVENTS)])
             if delay:
                 await asyncio.sleep(delay)
-        t.write(chunked(chunk_event(None, "stop")) + chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        end = chunked(STOP_EVENT)
+        if usage:
+            end += chunked(USAGE_EVENT)
+        t.write(end + chunked(DONE_EVENT) + b"0\r\n\r\n")
         if close:
             t.close()
-            return
-        self.streaming = False
-        self.process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -172,7 +210,29 @@ class Server:
         self.stream_events = stream_events
         self.stream_delay = stream_delay_ms / 1000
         self.requests = 0
+        self.active_streams = 0
+        self.max_streams = 0
         self.tasks: set[asyncio.Future] = set()  # running streams (kept so they are not collected)
+
+    def stream_opened(self) -> None:
+        self.active_streams += 1
+        self.max_streams = max(self.max_streams, self.active_streams)
+
+    def stats(self, reset: bool) -> bytes:
+        """The /__stats answer; reset starts counting requests and the most concurrent streams anew."""
+        body = json.dumps(
+            {
+                "requests": self.requests,
+                "active_streams": self.active_streams,
+                "max_streams": self.max_streams,
+            }
+        ).encode()
+        if reset:
+            self.requests, self.max_streams = 0, self.active_streams
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
 
 
 async def serve(host: str, port: int, stream_events: int, stream_delay_ms: float) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mitmproxy.test import taddons
 
-from cfgw.gateway import CfGateway
-from tests.flows import GOOD
+from tests.flows import GOOD, clean_environment, loaded
 from tests.harness import Proxy, start_proxy
 from tests.standin_gateway import StandinGateway
 
@@ -53,10 +51,12 @@ def make_proxy(gateway, tmp_path):
 
 
 @pytest.fixture
-def addon():
-    """The addon under taddons, configured with valid ids; ``addon.tctx`` reconfigures it."""
-    a = CfGateway()
-    with taddons.context(a) as tctx:
+def addon(monkeypatch, tmp_path):
+    """The addon loaded under taddons, configured with valid ids in a clean environment;
+    ``addon.tctx`` reconfigures it. Teardown runs done(), which uninstalls the process-wide
+    log-record factory load() installed, so it never leaks into the next test."""
+    clean_environment(monkeypatch, tmp_path)
+    with loaded() as (a, tctx):
         tctx.configure(a, **GOOD)
         a.tctx = tctx
         yield a

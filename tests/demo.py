@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def main(argv: list[str]) -> int:
         *extra,
     ]  # fmt: skip
     print(f"demo: stand-in gateway on {gw.base_url} (account {gw.account_id}, gateway {gw.gateway_id})")
-    proxy = subprocess.Popen(cmd, env=clean_env())
+    # A directory of its own: the repo's .env (your real token, access keys) is not the demo's.
+    proxy = subprocess.Popen(cmd, env=clean_env(), cwd=tempfile.mkdtemp(prefix="cfgw-demo-"))
     try:
         if not wait_for_port(port, proxy):
             print(f"demo: {tool} did not start (is port {port} free? set HOST_PORT)", file=sys.stderr)

@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from cfgw import auth, config
-from cfgw.gateway import CfGateway
-from tests.flows import GOOD, PREFIX, reverse_flow
+from tests.flows import GATEWAY, GOOD, PREFIX, clean_environment, loaded, reverse_flow, send
 
 # Fixed, distinctive secrets: their tails cannot turn up by chance in ids or hex.
 KEY_A = "pk-alpha-Qz7vWx2LmNpRtYkJhG"
@@ -24,13 +23,10 @@ TOKEN = "cfat-Tq8RwE3yUiOpLkJhGfDsZx"
 PROVIDER_KEY = "prov-key-Zx4CvBnM7aSdFgHjKlPq"
 
 
-def sent(addon, f):
-    """What mitmproxy does around sending: request hook, then (real or emulated) responseheaders."""
+def arrive(addon, f) -> None:
+    """The request hooks as mitmproxy calls them: requestheaders with the head, request with the body."""
+    addon.requestheaders(f)
     addon.request(f)
-    if f.response is None:
-        f.response = tutils.tresp()
-    addon.responseheaders(f)
-    addon.response(f)
 
 
 # -- pure helpers ----------------------------------------------------------------------
@@ -139,15 +135,40 @@ def test_redact_masks_every_secret_header_and_nothing_else():
     assert next(iter(headers.keys())) == "Authorization"  # order and spelling kept
 
 
-def test_inject_token():
-    req = tutils.treq()
-    auth.inject_token(req, None)
-    assert "cf-aig-authorization" not in req.headers
-    auth.inject_token(req, TOKEN)
-    assert req.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
-    req = tutils.treq(headers=http.Headers([(b"CF-AIG-AUTHORIZATION", b"Bearer client-own")]))
-    auth.inject_token(req, TOKEN)
-    assert req.headers.get_all("cf-aig-authorization") == ["Bearer client-own"]
+def fields(*pairs: tuple[str, str]) -> http.Headers:
+    return http.Headers([(k.encode(), v.encode()) for k, v in pairs])
+
+
+CLIENT_GATEWAY = (("cf-aig-collect-log", "false"), ("CF-AIG-Custom-Cost", '{"total_cost":0}'))
+
+
+KEY_SENT = ("authorization", "Bearer k")
+X_KEY_SENT = ("x-api-key", "k")
+OWN_TOKEN = ("CF-AIG-Authorization", "Bearer own")
+INJECTED = ("cf-aig-authorization", f"Bearer {TOKEN}")
+SET_CREDENTIALS = {  # id: (token, key_mode, strip other cf-aig-*, headers before, headers after)
+    "pass-through without token": (None, False, False, [KEY_SENT, X_KEY_SENT], [KEY_SENT, X_KEY_SENT]),
+    "pass-through, token added": (TOKEN, False, False, [KEY_SENT], [KEY_SENT, INJECTED]),
+    "pass-through, the client's token kept": (TOKEN, False, False, [OWN_TOKEN], [OWN_TOKEN]),
+    "pass-through, strip": (TOKEN, False, True, [KEY_SENT, OWN_TOKEN, *CLIENT_GATEWAY], [KEY_SENT, INJECTED]),
+    "key mode, allow": (
+        TOKEN,
+        True,
+        False,
+        [KEY_SENT, X_KEY_SENT, OWN_TOKEN, *CLIENT_GATEWAY],
+        [*CLIENT_GATEWAY, INJECTED],
+    ),
+    "key mode without token, allow": (None, True, False, [KEY_SENT, OWN_TOKEN], [OWN_TOKEN]),
+    "key mode without token, strip": (None, True, True, [X_KEY_SENT, OWN_TOKEN, *CLIENT_GATEWAY], []),
+}
+
+
+@pytest.mark.parametrize("case", SET_CREDENTIALS)
+def test_set_credentials(case):
+    token, key_mode, strip, before, after = SET_CREDENTIALS[case]
+    headers = fields(*before)
+    auth.set_credentials(headers, token, key_mode, strip)
+    assert headers.fields == fields(*after).fields
 
 
 # -- key files ---------------------------------------------------------------------------
@@ -203,15 +224,55 @@ def test_key_file_unreadable(tmp_path):
         ({"cf_proxy_keys": f"{KEY_A},{KEY_B}", "cf_token": f"Bearer {TOKEN}"}, "access keys: 2 keys (list)"),
     ],
 )
-def test_startup_line_names_the_mode_and_no_secret(caplog, options, mode):
-    a = CfGateway()
-    with taddons.context(a) as tctx, caplog.at_level(logging.INFO, logger="cf_gateway"):
+def test_startup_line_names_the_mode_and_no_secret(monkeypatch, tmp_path, caplog, options, mode):
+    clean_environment(monkeypatch, tmp_path)
+    with loaded() as (a, tctx), caplog.at_level(logging.INFO, logger="cf_gateway"):
         tctx.configure(a, **GOOD, **options)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "cf_gateway"]
     assert mode in line
     assert ("gateway token injected" in line) == ("cf_token" in options)
     for secret in (KEY_A, KEY_B, TOKEN):
         assert secret[-5:] not in line
+
+
+# -- secrets as options: never shown in clear ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "value"),
+    [("cf_token", "CF_AIG_TOKEN", TOKEN), ("cf_proxy_keys", "PROXY_KEYS", f"{KEY_A},{KEY_B}")],
+)
+def test_secrets_from_the_environment_show_their_source(monkeypatch, tmp_path, option, env, value):
+    clean_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv(env, value)
+    with loaded() as (a, tctx):
+        tctx.configure(a, **GOOD)
+        assert getattr(tctx.options, option) == f"(from {env})"
+        assert a.settings.token == (TOKEN if env == "CF_AIG_TOKEN" else None)
+        assert a.settings.proxy_keys == (
+            config.AccessKeys((KEY_A, KEY_B), "list") if env == "PROXY_KEYS" else None
+        )
+
+
+def test_secrets_from_a_dotenv_file_show_their_source(monkeypatch, tmp_path):
+    clean_environment(monkeypatch, tmp_path)
+    (tmp_path / ".env").write_text(f"CF_AIG_TOKEN={TOKEN}\n")
+    with loaded() as (a, tctx):
+        tctx.configure(a, **GOOD)
+        assert tctx.options.cf_token == "(from CF_AIG_TOKEN)"
+        assert a.settings.token == TOKEN
+
+
+def test_secret_files(addon, tmp_path):
+    (tmp_path / "token").write_text(f"Bearer {TOKEN}\n")
+    (tmp_path / "keys").write_text(f"# team keys\n{KEY_A}\n{KEY_B}\n")
+    addon.tctx.configure(addon, cf_token=f"@{tmp_path / 'token'}", cf_proxy_keys=f"@{tmp_path / 'keys'}")
+    assert addon.tctx.options.cf_token == f"@{tmp_path / 'token'}"
+    assert addon.settings.token == TOKEN
+    assert addon.settings.proxy_keys == config.AccessKeys((KEY_A, KEY_B), f"file {tmp_path / 'keys'}")
+    f = reverse_flow(headers=[("x-api-key", KEY_B)])
+    arrive(addon, f)
+    assert f.response is None and f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
 
 
 # -- the addon: access keys, token, masking ----------------------------------------------
@@ -233,58 +294,115 @@ def test_refused_requests_are_answered_401_and_masked(addon, caplog, authorizati
     addon.tctx.configure(addon, cf_proxy_keys=f"{KEY_A},{KEY_B}", cf_token=TOKEN)
     f = reverse_flow(headers=[("authorization", authorization)] if authorization else [])
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
-        sent(addon, f)
+        addon.requestheaders(f)
+        assert f.response is not None  # refused on the headers, before the body is read
+        send(addon, f)
     r = f.response
     assert r.status_code == 401
-    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["www-authenticate"] == 'Bearer realm="cf-gateway"'
     assert r.headers["content-type"] == "application/json"
     error = json.loads(r.content)["error"]
-    assert error["code"] == "invalid_proxy_key" and error["message"].startswith(problem)
-    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_proxy_key" and error["message"].startswith(f"{problem} proxy key: ")
+    assert error["type"] == "authentication_error"
     # never rewritten, so never forwarded; no token added to a request that goes nowhere
     assert (f.request.host, f.request.path) == ("127.0.0.1", "/v1/chat/completions")
     assert "cf-aig-authorization" not in f.request.headers
     saved = json.dumps(f.get_state(), default=repr) + caplog.text + r.text
     for secret in (KEY_A, KEY_B, TOKEN, PROVIDER_KEY):
         assert secret[-5:] not in saved
-    assert " 401 " in caplog.text
+    assert "POST /v1/chat/completions chat 401 " in caplog.text
 
 
-def test_valid_key_removed_and_token_injected(addon):
+@pytest.mark.parametrize("header", ["authorization", "x-api-key"])
+def test_access_key_in_either_header_admits_and_both_are_removed(addon, header):
     addon.tctx.configure(addon, cf_proxy_keys=f"{KEY_A},{KEY_B}", cf_token=TOKEN)
-    f = reverse_flow(headers=[("Authorization", f"bearer {KEY_B}"), ("x-api-key", PROVIDER_KEY)])
-    addon.request(f)
+    presented = (header, f"bearer {KEY_B}" if header == "authorization" else KEY_B)
+    other = ("x-api-key", PROVIDER_KEY) if header == "authorization" else ("api-key", PROVIDER_KEY)
+    f = reverse_flow("/v1/messages", headers=[presented, other, ("anthropic-version", "2023-06-01")])
+    arrive(addon, f)
     assert f.response is None
-    assert f.request.path == f"{PREFIX}/chat/completions"
-    assert "authorization" not in f.request.headers
+    assert f.request.path == f"{GATEWAY}/anthropic/v1/messages"
+    assert "authorization" not in f.request.headers and "x-api-key" not in f.request.headers
+    assert f.request.headers["anthropic-version"] == "2023-06-01"
     assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
-    assert f.request.headers["x-api-key"] == PROVIDER_KEY  # forwarded unmasked
 
 
-def test_client_token_left_alone_with_keys(addon):
-    addon.tctx.configure(addon, cf_proxy_keys=KEY_A, cf_token=TOKEN)
+def test_with_a_token_and_no_keys_client_keys_are_dropped_by_default(addon):
+    """Unified Billing / stored keys: SDKs insist on sending some key, which would bypass them."""
+    addon.tctx.configure(addon, cf_token=TOKEN)
+    f = reverse_flow(
+        "/v1/messages", headers=[("authorization", f"Bearer {PROVIDER_KEY}"), ("x-api-key", PROVIDER_KEY)]
+    )
+    arrive(addon, f)
+    assert f.response is None
+    assert "authorization" not in f.request.headers and "x-api-key" not in f.request.headers
+    assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
+
+
+def test_without_a_token_client_keys_pass_untouched_by_default(addon):
+    f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}"), ("x-api-key", PROVIDER_KEY)])
+    arrive(addon, f)
+    assert f.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert f.request.headers["x-api-key"] == PROVIDER_KEY
+
+
+def test_provider_keys_drop_without_a_token(addon):
+    addon.tctx.configure(addon, cf_provider_keys="drop")
+    f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
+    arrive(addon, f)
+    assert "authorization" not in f.request.headers
+
+
+def test_without_keys_both_key_headers_pass_untouched(addon):
+    addon.tctx.configure(addon, cf_token=TOKEN, cf_provider_keys="forward")
+    f = reverse_flow(
+        "/v1/messages", headers=[("authorization", f"Bearer {PROVIDER_KEY}"), ("x-api-key", PROVIDER_KEY)]
+    )
+    arrive(addon, f)
+    assert f.response is None
+    assert f.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert f.request.headers["x-api-key"] == PROVIDER_KEY
+    assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("policy", ["auto", "allow", "strip"])
+def test_in_key_mode_the_proxy_token_replaces_the_clients(addon, policy):
+    addon.tctx.configure(addon, cf_proxy_keys=KEY_A, cf_token=TOKEN, cf_client_gateway_headers=policy)
     f = reverse_flow(
         headers=[("authorization", f"Bearer {KEY_A}"), ("cf-aig-authorization", "Bearer own-token")]
     )
-    addon.request(f)
-    assert f.request.headers.get_all("cf-aig-authorization") == ["Bearer own-token"]
+    arrive(addon, f)
+    assert f.request.headers.get_all("cf-aig-authorization") == [f"Bearer {TOKEN}"]
 
 
-def test_without_keys_authorization_passes_untouched(addon):
-    addon.tctx.configure(addon, cf_token=TOKEN)
-    f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
-    addon.request(f)
+@pytest.mark.parametrize(
+    ("keys", "policy", "kept"),
+    [
+        (True, "auto", False),
+        (True, "allow", True),
+        (True, "strip", False),
+        (False, "auto", True),
+        (False, "allow", True),
+        (False, "strip", False),
+    ],
+)
+def test_client_gateway_headers_policy(addon, keys, policy, kept):
+    addon.tctx.configure(addon, cf_client_gateway_headers=policy, cf_proxy_keys=KEY_A if keys else "")
+    client = [("authorization", f"Bearer {KEY_A}")] if keys else []
+    f = reverse_flow(headers=[*client, *CLIENT_GATEWAY, ("x-other", "1")])
+    arrive(addon, f)
     assert f.response is None
-    assert f.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
-    assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
+    forwarded = [(k, v) for k, v in f.request.headers.fields if k.lower().startswith(b"cf-aig-")]
+    assert forwarded == (list(fields(*CLIENT_GATEWAY).fields) if kept else [])
+    assert f.request.headers["x-other"] == "1"
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_health_needs_no_key_and_is_not_logged(addon, caplog, method):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A)
-    f = reverse_flow("/healthz", method=method, headers=[("authorization", f"Bearer {KEY_B}")])
+    f = reverse_flow("/healthz", method=method, headers=[("authorization", f"Bearer {KEY_B}")], content=b"")
     with caplog.at_level(logging.DEBUG, logger="cf_gateway"):
-        sent(addon, f)
+        send(addon, f)
     assert f.response.status_code == 200
     if method == "GET":
         assert json.loads(f.response.content) == {"status": "ok"}
@@ -298,12 +416,12 @@ def test_health_needs_no_key_and_is_not_logged(addon, caplog, method):
 def test_health_other_methods_are_not_local(addon):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A)
     f = reverse_flow("/healthz", method="POST")
-    addon.request(f)
+    arrive(addon, f)
     assert f.response.status_code == 401
 
 
 def test_secrets_masked_once_sent_but_forwarded_unmasked(addon):
-    addon.tctx.configure(addon, cf_token=TOKEN)
+    addon.tctx.configure(addon, cf_token=TOKEN, cf_provider_keys="forward")
     f = reverse_flow(
         headers=[
             ("authorization", f"Bearer {PROVIDER_KEY}"),
@@ -311,7 +429,7 @@ def test_secrets_masked_once_sent_but_forwarded_unmasked(addon):
             ("x-api-key", KEY_A),
         ]
     )
-    addon.request(f)
+    arrive(addon, f)
     forwarded = f.request.headers.copy()
     assert forwarded["authorization"] == f"Bearer {PROVIDER_KEY}"
     assert forwarded["cf-aig-authorization"] == f"Bearer {TOKEN}"
@@ -325,9 +443,9 @@ def test_secrets_masked_once_sent_but_forwarded_unmasked(addon):
 
 
 def test_secrets_masked_when_upstream_fails_before_a_response(addon, caplog):
-    addon.tctx.configure(addon, cf_token=TOKEN)
+    addon.tctx.configure(addon, cf_token=TOKEN, cf_provider_keys="forward")
     f = reverse_flow(headers=[("x-api-key", KEY_A)])
-    addon.request(f)
+    arrive(addon, f)
     f.error = tflow.terr("Connection refused")
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
         addon.error(f)
@@ -336,23 +454,94 @@ def test_secrets_masked_when_upstream_fails_before_a_response(addon, caplog):
     assert TOKEN[-5:] not in caplog.text and KEY_A[-5:] not in caplog.text
 
 
-def test_redact_off_keeps_values_on_the_flow(addon):
-    addon.tctx.configure(addon, cf_token=TOKEN, cf_redact="off")
+def test_secrets_masked_on_shutdown_while_waiting_for_an_answer(addon):
+    """-w saves flows still waiting for an answer when mitmdump stops."""
     f = reverse_flow(headers=[("x-api-key", KEY_A)])
-    sent(addon, f)
+    arrive(addon, f)
+    addon.done()
+    assert f.request.headers["x-api-key"] == auth.MASK + KEY_A[-4:]
+
+
+def test_redact_off_keeps_values_on_the_flow(addon):
+    addon.tctx.configure(addon, cf_token=TOKEN, cf_redact="off", cf_provider_keys="forward")
+    f = reverse_flow(headers=[("x-api-key", KEY_A)])
+    send(addon, f)
     assert f.request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
     assert f.request.headers["x-api-key"] == KEY_A
 
 
-def test_replayed_flow_is_not_asked_for_a_key(addon):
-    """A replay from mitmweb carries the masked headers; it was authorised when first sent."""
+# -- replays: the real secret goes back on, never onto the saved flow ------------------------
+
+
+def replayed(f):
+    """What mitmweb's Replay does to a finished flow (clientplayback.start_replay) before the hooks run."""
+    f.live = True  # a duplicate (f.copy()) is not live until its replay runs
+    f.is_replay = "request"
+    f.response = None
+    f.error = None
+    return f
+
+
+def test_replay_gets_the_real_secret_back_and_is_masked_again(addon):
+    f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
+    send(addon, f)
+    assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}"
+    replayed(f)
+    addon.requestheaders(f)
+    assert f.request.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    addon.request(f)
+    assert f.response is None and f.request.path == f"{PREFIX}/chat/completions"  # not rewritten twice
+    f.response = tutils.tresp()
+    addon.responseheaders(f)
+    assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}"
+
+
+def test_duplicate_replays_with_the_secret(addon):
+    f = reverse_flow("/v1/messages", headers=[("x-api-key", PROVIDER_KEY)])
+    send(addon, f)
+    dup = replayed(f.copy())
+    dup.request.content = b'{"edited": true}'
+    arrive(addon, dup)
+    assert dup.response is None
+    assert dup.request.headers["x-api-key"] == PROVIDER_KEY
+    assert dup.request.path == f"{GATEWAY}/anthropic/v1/messages"
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/v1/chat/completions", "openai"), ("/v1/responses", "openai"), ("/v1/messages", "anthropic")],
+)
+def test_unrestorable_mask_is_answered_400_not_sent(addon, caplog, path, shape):
+    f = reverse_flow(path, headers=[("x-api-key", PROVIDER_KEY)])
+    send(addon, f)
+    del f.metadata["cf_gateway"]["secrets"]  # as for a flow loaded from a file after a restart
+    replayed(f)
+    with caplog.at_level(logging.WARNING, logger="cf_gateway"):
+        arrive(addon, f)
+    assert f.response.status_code == 400
+    body = json.loads(f.response.content)
+    if shape == "anthropic":
+        assert (body["type"], body["error"]["type"]) == ("error", "invalid_request_error")
+    else:
+        assert set(body) == {"error"} and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["code"] == "unrestorable_secret"
+    assert body["error"]["message"].startswith(
+        "This replay was not sent: its 'x-api-key' header holds a mask"
+    )
+    assert not addon.flows[f].admitted
+    assert f.request.headers["x-api-key"] == auth.MASK + PROVIDER_KEY[-4:]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"cf-gateway: replay of flow {f.id} not sent: its x-api-key header is masked")
+
+
+def test_key_mode_replay_gets_the_fresh_token(addon):
     addon.tctx.configure(addon, cf_proxy_keys=KEY_A, cf_token=TOKEN)
     f = reverse_flow(headers=[("authorization", f"Bearer {KEY_A}")])
-    sent(addon, f)
-    replay = f.copy()
-    replay.response = None
-    replay.is_replay = "request"
-    replay.request.headers["cf-aig-authorization"] = f"Bearer {TOKEN}"  # as a user would fix it up
-    addon.request(replay)
-    assert replay.response is None
-    assert replay.request.path == f"{PREFIX}/chat/completions"
+    send(addon, f)
+    assert f.request.headers["cf-aig-authorization"] == f"Bearer {auth.MASK}{TOKEN[-4:]}"
+    fresh = "cfat-rotated-Lm4Np8Qr2St6Uv"
+    addon.tctx.configure(addon, cf_token=fresh)
+    replayed(f)
+    arrive(addon, f)  # no access key on a replay: the person at mitmweb is the operator
+    assert f.response is None
+    assert f.request.headers.get_all("cf-aig-authorization") == [f"Bearer {fresh}"]

@@ -170,7 +170,7 @@ def test_parse_settings_resolves_secret_sources(tmp_path):
     f.write_text("Bearer tok-from-file\n")
     s = config.parse_settings({**values, "cf_token": f"@{f}"}, {})
     assert s.token == "tok-from-file"
-    with pytest.raises(ValueError, match=r"cf_token \(env CF_AIG_TOKEN\) cannot read secret file"):
+    with pytest.raises(ValueError, match=r"cf_token \(env CF_AIG_TOKEN\) cannot read token file"):
         config.parse_settings({**values, "cf_token": f"@{tmp_path / 'nope'}"}, {})
 
 

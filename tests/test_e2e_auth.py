@@ -88,14 +88,35 @@ def test_second_key_and_lowercase_scheme_accepted(keyed_proxy, gw):
     assert req.header("authorization") is None
 
 
-def test_client_gateway_token_left_alone(keyed_proxy, gw):
+def test_proxy_token_wins_and_client_gateway_headers_are_stripped(keyed_proxy, gw):
+    """Key mode: a client cannot bring its own gateway token, logging, caching or cost headers."""
+    client_headers = {
+        "cf-aig-authorization": f"Bearer {CLIENT_TOKEN}",
+        "cf-aig-collect-log": "false",
+        "cf-aig-custom-cost": '{"per_token_in": 0}',
+        "cf-aig-cache-key": "shared",
+    }
     r = httpx.post(
-        keyed_proxy.url + "/v1/chat/completions",
-        json=CHAT,
-        headers={**bearer(KEY_A), "cf-aig-authorization": f"Bearer {CLIENT_TOKEN}"},
+        keyed_proxy.url + "/v1/chat/completions", json=CHAT, headers={**bearer(KEY_A), **client_headers}
     )
     assert r.status_code == 200
-    assert gw.requests[0].header_values("cf-aig-authorization") == [f"Bearer {CLIENT_TOKEN}"]
+    (req,) = gw.requests
+    assert [name for name, _ in req.headers if name.lower().startswith("cf-aig-")] == [
+        "cf-aig-authorization"
+    ]
+    assert req.header_values("cf-aig-authorization") == [f"Bearer {TOKEN}"]
+
+
+def test_x_api_key_is_an_access_key_and_removed(keyed_proxy, gw):
+    """Anthropic clients send their key as x-api-key: it admits them and never reaches the gateway."""
+    r = httpx.get(keyed_proxy.url + "/v1/models", headers={"x-api-key": KEY_B})
+    assert r.status_code == 200
+    (req,) = gw.requests
+    assert req.header_values("x-api-key") == [] and req.header_values("authorization") == []
+    assert req.header_values("cf-aig-authorization") == [f"Bearer {TOKEN}"]
+    r = httpx.get(keyed_proxy.url + "/v1/models", headers={"x-api-key": WRONG_KEY})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_proxy_key"
+    assert len(gw.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -142,7 +163,7 @@ def test_health_without_key_never_forwarded_nor_logged(keyed_proxy, gw):
     assert head.startswith(b"HTTP/1.1 200") and body == b""
     # a marker request whose log line shows the health checks before it were not logged
     httpx.get(keyed_proxy.url + "/v1/models?after-health", headers=bearer(KEY_A))
-    assert keyed_proxy.wait_output("GET /v1/models -> ")
+    assert keyed_proxy.wait_output("GET /v1/models other -> compat ")
     new = log_lines(keyed_proxy.output())[before:]
     assert not [line for line in new if "healthz" in line], new
     assert [r.path for r in gw.requests] == [f"{PREFIX}/models"]
@@ -169,24 +190,32 @@ def test_gateway_requiring_a_token(make_proxy):
         assert client.chat.completions.create(**CHAT).choices[0].message.content
         assert strict.requests[-1].header("cf-aig-authorization") == f"Bearer {TOKEN}"
 
-        # the client's own (wrong) token is not replaced
+        # with access keys the proxy's token wins over the client's own (wrong) one
         r = httpx.post(
             injecting.url + "/v1/chat/completions",
             json=CHAT,
             headers={**bearer(KEY_A), "cf-aig-authorization": f"Bearer {CLIENT_TOKEN}"},
         )
-        assert r.status_code == 401 and r.json()["error"][0]["code"] == 2009
+        assert r.status_code == 200
+        assert strict.requests[-1].header_values("cf-aig-authorization") == [f"Bearer {TOKEN}"]
 
-        # no token configured: the gateway's own 401 reaches the client as the gateway sent it
+        # no token configured: the gateway's own 401 reaches the client in the SDK's shape, with
+        # Cloudflare's code and its other fields; the proxy says what to do, once per process
         client = openai.OpenAI(base_url=plain.url + "/v1", api_key=PROVIDER_KEY, max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as e:
-            client.chat.completions.create(**CHAT)
+        for _ in range(2):
+            with pytest.raises(openai.AuthenticationError) as e:
+                client.chat.completions.create(**CHAT)
         body = e.value.response.json()
-        assert body["error"] == [{"code": 2009, "message": "Unauthorized"}]
+        message = "Unauthorized (AI Gateway error 2009)"
+        assert body["error"] == {"message": message, "type": "gateway_error", "param": None, "code": 2009}
+        assert message in str(e.value)
         assert body["name"] == "AiGatewayError"
         assert e.value.response.headers["server"] == "cloudflare"
         assert strict.requests[-1].header("authorization") == f"Bearer {PROVIDER_KEY}"
         assert strict.requests[-1].header("cf-aig-authorization") is None
+        hint = "the gateway answered 401/2009: the gateway requires authentication"
+        assert plain.wait_output("gateway_code=2009", timeout=10)
+        assert plain.output().count(hint) == 1, plain.output()
 
 
 def session_traffic(p) -> None:
@@ -240,12 +269,13 @@ def test_session_output_and_saved_flows_hold_no_secret(make_proxy, gw, flow_deta
     for p in procs:
         p.stop()
 
-    # what was forwarded is never masked
+    # what was forwarded is never masked; access keys (Authorization, x-api-key) and the client's
+    # own gateway token are not forwarded at all in key mode
     first, _streamed, own = gw.requests[:3]
     assert first.header("cf-aig-authorization") == f"Bearer {TOKEN}"
-    assert (first.header("x-api-key"), first.header("api-key")) == (PROVIDER_KEY, AZURE_KEY)
-    assert own.header("cf-aig-authorization") == f"Bearer {CLIENT_TOKEN}"
-    assert all(r.header("authorization") is None for r in gw.requests)
+    assert (first.header("x-api-key"), first.header("api-key")) == (None, AZURE_KEY)
+    assert own.header_values("cf-aig-authorization") == [f"Bearer {TOKEN}"]
+    assert all(r.header("authorization") is None and r.header("x-api-key") is None for r in gw.requests)
     assert len(gw.requests) == 5  # 3 answered + 2 failed upstream; nothing refused or local
 
     for p in procs:
@@ -261,14 +291,15 @@ def test_session_output_and_saved_flows_hold_no_secret(make_proxy, gw, flow_deta
     statuses = [fl.response.status_code if fl.response else None for fl in live_flows]
     assert statuses.count(401) == 4 and statuses.count(None) == 1  # closed before headers
     masked = repr([fl.request.headers.fields for fl in live_flows])
-    for secret in (TOKEN, PROVIDER_KEY, AZURE_KEY, CLIENT_TOKEN, WRONG_KEY, STRAY_KEY):
+    for secret in (TOKEN, PROVIDER_KEY, AZURE_KEY, WRONG_KEY, STRAY_KEY):
         assert (MASK + secret[-4:]).encode() in masked.encode()  # masked, not dropped
+    assert (MASK + CLIENT_TOKEN[-4:]).encode() not in masked.encode()  # replaced before it was sent
     if flow_detail == "3":
         # mitmdump's dumper prints headers after our hooks ran, so it prints the masked values
         out = live.output()
         assert f"cf-aig-authorization: Bearer {MASK}{TOKEN[-4:]}" in out
         assert f"authorization: Bearer {MASK}{WRONG_KEY[-4:]}" in out
-        assert f"x-api-key: {MASK}{PROVIDER_KEY[-4:]}" in dead.output()
+        assert f"api-key: {MASK}{AZURE_KEY[-4:]}" in dead.output()
 
 
 def test_flow_in_flight_at_shutdown_is_saved_masked(make_proxy, gw):

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, raw_exchange, run_mitmdump
+from tests.harness import ACCOUNT_ID, GATEWAY_ID, UNSERVABLE, free_port, raw_exchange, run_mitmdump
 
 PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
@@ -47,14 +47,29 @@ def test_openai_sdk_embeddings_and_models(proxy, gw):
     assert [r.path for r in gw.requests] == [f"{PREFIX}/embeddings", f"{PREFIX}/models"]
 
 
-def test_gateway_errors_pass_through(proxy, gw):
+def test_gateway_errors_reach_the_sdk_in_its_shape(proxy, gw):
+    """The gateway's own error (its ``error`` is an array) is reshaped so the SDK names its message
+    and code; the gateway's other top-level fields are kept."""
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model="openai/gpt-4o-mini", input="hi")
-    assert e.value.status_code == 400
+        client.completions.create(model="openai/gpt-4o-mini", prompt="hi")
+    assert e.value.status_code == 400 and e.value.code == "2019"  # the SDK keeps codes as text
+    message = "Compatibility endpoint: completions is not supported. (AI Gateway error 2019)"
+    assert message in str(e.value)
     body = e.value.response.json()
-    assert body["error"][0]["code"] == 2019 and body["name"] == "AiGatewayError"
-    assert gw.requests[0].path == f"{PREFIX}/responses"
+    assert body["error"] == {"message": message, "type": "gateway_error", "param": None, "code": 2019}
+    assert (body["name"], body["internalCode"]) == ("AiGatewayError", 2019)
+    assert [r.path for r in gw.requests] == [f"{PREFIX}/completions"]
+
+
+def test_responses_go_to_the_openai_endpoint(proxy, gw):
+    """By default /v1/responses goes to the gateway's openai route (not compat), with the bare model."""
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-x", max_retries=0)
+    done = client.responses.create(model="openai/gpt-4o-mini", input="hi")
+    assert done.output_text == "Hello from the stand-in gateway."
+    (req,) = gw.requests
+    assert req.path == f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/openai/responses"
+    assert req.json() == {"model": "gpt-4o-mini", "input": "hi"}
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
@@ -201,24 +216,34 @@ def test_one_info_line_per_flow_and_no_secret(make_proxy, gw):
             p.url + f"/v1/chat/completions?i={i}", json=CHAT, headers={"authorization": f"Bearer {secret}"}
         )
         assert r.status_code == 200
-    assert p.wait_output(f"-> http://127.0.0.1:{gw.port}{PREFIX}/chat/completions 200")
+    assert p.wait_output(f"-> compat http://127.0.0.1:{gw.port}{PREFIX}/chat/completions 200")
     p.stop()
     out = p.output()
-    lines = [line for line in out.splitlines() if "POST /v1/chat/completions ->" in line]
+    lines = [line for line in out.splitlines() if "POST /v1/chat/completions chat -> compat " in line]
     assert len(lines) == 3, out
-    assert "model=openai/gpt-4o-mini" in lines[0] and "tokens=" in lines[0]
+    for line in lines:  # the stand-in counts words: 2 in, and its reply's 5 out
+        assert " model=openai/gpt-4o-mini " in line and line.endswith(" tokens=2 in/5 out"), line
     assert secret not in out and secret[-12:] not in out
 
 
-def test_upstream_down_gives_502(make_proxy, gw):
-    dead = f"http://127.0.0.1:{free_port()}"
-    p = make_proxy(upstream=dead)
+def test_unreachable_gateway_gives_mitmproxys_502(make_proxy, gw):
+    """The original contract, with ./run.sh's arguments (reverse target port 0, lazy connections,
+    one line per request): a gateway nobody answers at gives mitmproxy's own 502, naming the
+    gateway's address (not port 0: the addon did aim the flow), and the proxy keeps serving."""
+    dead_port = free_port()
+    p = make_proxy(upstream=f"http://127.0.0.1:{dead_port}", extra_args=["--set", "flow_detail=0"])
+    assert f"reverse:{UNSERVABLE}@" in " ".join(p.proc.args)
     r = httpx.post(p.url + "/v1/chat/completions", json=CHAT)
     assert r.status_code == 502
+    assert r.headers["server"].startswith("mitmproxy ") and r.headers["content-type"] == "text/html"
+    assert f"Connect call failed (&#x27;127.0.0.1&#x27;, {dead_port})" in r.text
+    upstream = f"http://127.0.0.1:{dead_port}{PREFIX}/chat/completions"
+    assert p.wait_output(f"POST /v1/chat/completions chat -> compat {upstream} 502 upstream_failed ")
     assert p.wait_output("upstream failed before a response")
     # and the proxy keeps serving
     r = httpx.get(p.url + "/healthz")
     assert r.json() == {"status": "ok"}
+    assert gw.requests == []
 
 
 def test_regular_mode_listener_is_left_alone(make_proxy, gw):
@@ -239,7 +264,11 @@ def test_regular_mode_listener_is_left_alone(make_proxy, gw):
     [
         ({}, {}, "cf_account_id (env ACCOUNT_ID) is required"),
         ({"ACCOUNT_ID": "nothex"}, {}, "cf_account_id (env ACCOUNT_ID) must be 32 lowercase hexadecimal"),
-        ({"ACCOUNT_ID": ACCOUNT_ID}, {}, "cf_gateway_id (env GATEWAY_ID) is required"),
+        (
+            {"ACCOUNT_ID": ACCOUNT_ID, "GATEWAY_ID": "My Gateway"},
+            {},
+            "cf_gateway_id (env GATEWAY_ID) must be 1-64 characters",
+        ),
         (
             {"ACCOUNT_ID": ACCOUNT_ID, "GATEWAY_ID": "gw", "CF_BASE_URL": "https://x.example/v1"},
             {},

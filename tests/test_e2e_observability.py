@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -79,10 +80,18 @@ def test_json_log_lines_and_flow_comments(make_proxy, gw):
 
     lines = wait_json_lines(p, 8)
     assert len(lines) == 8
+    fields = [f.name for f in dataclasses.fields(summary.FlowRecord)]
     for line in lines:
-        assert list(line) == list(summary.FIELDS)  # exact keys, in the documented order
+        assert list(line) == fields  # exact keys, in the documented order
     upstream = f"http://127.0.0.1:{gw.port}{PREFIX}/chat/completions"
-    base = {"method": "POST", "path": "/v1/chat/completions", "upstream": upstream, "model": MODEL}
+    base = {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "family": "chat",
+        "route": "compat",
+        "upstream": upstream,
+        "model": MODEL,
+    }
     timings = ("duration_ms", "ttfb_ms")
 
     def check(line, **expected):
@@ -91,7 +100,19 @@ def test_json_log_lines_and_flow_comments(make_proxy, gw):
 
     first = lines[0]
     check(
-        first, **base, status=200, stream=False, bytes=len(plain.content), cache="MISS", **TOKENS, error=None
+        first,
+        **base,
+        status=200,
+        outcome="ok",
+        stream=False,
+        bytes=len(plain.content),
+        cache="MISS",
+        **TOKENS,
+        cached_tokens=None,
+        cache_creation_tokens=None,
+        reasoning_tokens=None,
+        gateway_code=None,
+        error=None,
     )
     assert first["log_id"] == plain.headers["cf-aig-log-id"]
     assert first["ttfb_ms"] >= 200 and first["duration_ms"] >= first["ttfb_ms"]  # the stand-in waited 200 ms
@@ -102,20 +123,54 @@ def test_json_log_lines_and_flow_comments(make_proxy, gw):
     assert lines[2]["duration_ms"] - lines[2]["ttfb_ms"] >= 350
     check(lines[3], **base, status=200, stream=True, bytes=len(sse_gz_raw), **TOKENS)
     check(lines[4], **base, status=200, stream=True, bytes=len(no_usage_raw), **NO_TOKENS)
-    check(lines[5], **base, status=404, stream=False, bytes=len(not_found.content), cache=None, **NO_TOKENS)
-    check(lines[6], **base, status=None, stream=False, bytes=None, ttfb_ms=None, cache=None, log_id=None)
-    assert lines[6]["error"] == "server closed connection"
-    check(lines[7], method="GET", path="/v1/models", status=200, model=None, stream=False, **NO_TOKENS)
+    check(
+        lines[5],
+        **base,
+        status=404,
+        outcome="ok",
+        stream=False,
+        bytes=len(not_found.content),
+        cache=None,
+        **NO_TOKENS,
+        gateway_code=None,
+    )
+    # the upstream closed before answering: the client got mitmproxy's 502
+    check(
+        lines[6],
+        **base,
+        status=502,
+        outcome="upstream_failed",
+        stream=False,
+        bytes=None,
+        ttfb_ms=None,
+        cache=None,
+        log_id=None,
+        error="server closed connection",
+    )
+    check(
+        lines[7],
+        method="GET",
+        path="/v1/models",
+        family="other",
+        route="compat",
+        upstream=f"http://127.0.0.1:{gw.port}{PREFIX}/models",
+        status=200,
+        outcome="ok",
+        model=None,
+        stream=False,
+        **NO_TOKENS,
+    )
 
     p.stop()
     with open(p.workdir / "flows.mitm", "rb") as f:
         comments = [fl.comment for fl in io.FlowReader(f).stream()]
     assert len(comments) == 8
-    with_tokens = re.compile(r"openai/gpt-4o-mini · 8 tok · \d+\.\d s")
-    without = re.compile(r"openai/gpt-4o-mini · \d+\.\d s")
+    took = r"(\d{1,3} ms|\d+\.\d s)"  # ms below a second
+    with_tokens = re.compile(rf"openai/gpt-4o-mini · 8 tok · {took}")
+    without = re.compile(rf"openai/gpt-4o-mini · {took}")
     assert all(with_tokens.fullmatch(c) for c in comments[:4]), comments
     assert all(without.fullmatch(c) for c in comments[4:7]), comments
-    assert re.fullmatch(r"/v1/models · \d+\.\d s", comments[7])
+    assert re.fullmatch(rf"/v1/models · {took}", comments[7])
 
 
 def scrape(proxy) -> dict[tuple[str, frozenset], float]:
@@ -166,9 +221,9 @@ def test_metrics_after_known_traffic_with_bounded_labels(make_proxy, gw):
     assert sorted(set(statuses)) == [200, 400, 404]
     s = scrape(p)
     assert model_labels(s) == {"other"}
-    assert value(s, "cf_gateway_requests_total", model="other", status="400") == 12
-    assert value(s, "cf_gateway_requests_total", model="other", status="404") == 12
-    assert value(s, "cf_gateway_requests_total", model="other", status="200") == 24
+    assert value(s, "cf_gateway_requests_total", family="chat", model="other", status="400") == 12
+    assert value(s, "cf_gateway_requests_total", family="chat", model="other", status="404") == 12
+    assert value(s, "cf_gateway_requests_total", family="chat", model="other", status="200") == 24
 
     # known traffic: 3 answers, 1 stream with usage, 1 provider error, 1 upstream failure
     for _ in range(3):
@@ -180,9 +235,10 @@ def test_metrics_after_known_traffic_with_bounded_labels(make_proxy, gw):
     assert p.wait_output("error='server closed connection'")
     s = scrape(p)
     assert model_labels(s) == {"other", MODEL}
-    assert value(s, "cf_gateway_requests_total", model=MODEL, status="200") == 4
-    assert value(s, "cf_gateway_requests_total", model=MODEL, status="404") == 1
-    assert total(s, "cf_gateway_requests_total") == 48 + 5  # /metrics and /healthz are not counted
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="200") == 4
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="404") == 1
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="502") == 1
+    assert total(s, "cf_gateway_requests_total") == 48 + 6  # /metrics and /healthz are not counted
     assert value(s, "cf_gateway_tokens_total", model=MODEL, kind="prompt") == 4 * 3
     assert value(s, "cf_gateway_tokens_total", model=MODEL, kind="completion") == 4 * 5
     assert value(s, "cf_gateway_request_duration_seconds_count", model=MODEL) == 6

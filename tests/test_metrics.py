@@ -1,36 +1,54 @@
-"""Prometheus metrics: values, bounded labels and error reasons (cfgw.metrics)."""
+"""Prometheus metrics: values, bounded labels, and the one outcome per flow they count (cfgw.metrics)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 
 import pytest
+from mitmproxy.connection import ConnectionState
+from mitmproxy.test import tflow, tutils
 from prometheus_client.parser import text_string_to_metric_families
 
 from cfgw import summary
+from cfgw.flowinfo import FlowInfo
 from cfgw.metrics import MAX_MODELS, OTHER, Metrics, error_reason
+from cfgw.routes import FAMILY_NAMES, Destination
+from cfgw.summary import FlowRecord
+from tests.flows import reverse_flow
 
 MODEL = "openai/gpt-4o-mini"
+OK = FlowRecord(
+    method="POST",
+    path="/v1/chat/completions",
+    family="chat",
+    route="compat",
+    upstream="https://gateway.ai.cloudflare.com/v1/acc/gw/compat/chat/completions",
+    status=200,
+    outcome="ok",
+    model=MODEL,
+    stream=False,
+    duration_ms=1200,
+    ttfb_ms=300,
+    bytes=100,
+    cache=None,
+    log_id=None,
+    prompt_tokens=11,
+    completion_tokens=7,
+    total_tokens=18,
+    cached_tokens=None,
+    cache_creation_tokens=None,
+    reasoning_tokens=None,
+    gateway_code=None,
+    error=None,
+)
+NO_TOKENS = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
 
 
-def record(**changes) -> dict:
-    """A flow record as summary.flow_record makes it: a 200 with usage by default."""
-    base = dict.fromkeys(summary.FIELDS)
-    base.update(
-        method="POST",
-        path="/v1/chat/completions",
-        status=200,
-        model=MODEL,
-        stream=False,
-        duration_ms=1200,
-        ttfb_ms=300,
-        prompt_tokens=11,
-        completion_tokens=7,
-        total_tokens=18,
-    )
-    base.update(changes)
-    return base
+def record(**changes) -> FlowRecord:
+    """A flow record as summary.flow_record makes it: a chat 200 with usage by default."""
+    return dataclasses.replace(OK, **changes)
 
 
 def scrape(m: Metrics) -> dict[tuple[str, frozenset], float]:
@@ -47,31 +65,155 @@ def value(samples, name: str, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def model_labels(samples) -> set[str]:
-    return {dict(labels)["model"] for _, labels in samples if "model" in dict(labels)}
+def total(samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def label_values(samples, label: str) -> set[str]:
+    return {dict(labels)[label] for _, labels in samples if label in dict(labels)}
 
 
 def test_counters_and_histograms_after_known_traffic():
     m = Metrics()
     for _ in range(3):
         m.observe(record())
-    m.observe(record(status=429, prompt_tokens=None, completion_tokens=None, total_tokens=None))
-    m.observe(record(status=None, ttfb_ms=None, error="server closed connection", prompt_tokens=None))
+    m.observe(record(status=429, **NO_TOKENS))
+    m.observe(record(status=502, outcome="upstream_failed", ttfb_ms=None, error="server closed connection"))
     s = scrape(m)
-    assert value(s, "cf_gateway_requests_total", model=MODEL, status="200") == 3
-    assert value(s, "cf_gateway_requests_total", model=MODEL, status="429") == 1
-    assert sum(v for (n, _), v in s.items() if n == "cf_gateway_requests_total") == 4  # failed: no status
-    assert value(s, "cf_gateway_tokens_total", model=MODEL, kind="prompt") == 33
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="200") == 3
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="429") == 1
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="502") == 1
+    assert total(s, "cf_gateway_requests_total") == 5
+    assert value(s, "cf_gateway_tokens_total", model=MODEL, kind="prompt") == 4 * 11
     assert value(s, "cf_gateway_tokens_total", model=MODEL, kind="completion") == 4 * 7
     assert value(s, "cf_gateway_upstream_errors_total", reason="upstream_closed") == 1
+    assert total(s, "cf_gateway_client_disconnects_total") == 0
     assert value(s, "cf_gateway_request_duration_seconds_count", model=MODEL) == 5
     assert value(s, "cf_gateway_request_duration_seconds_sum", model=MODEL) == pytest.approx(6.0)
     assert value(s, "cf_gateway_request_duration_seconds_bucket", model=MODEL, le="1.0") == 0
     assert value(s, "cf_gateway_request_duration_seconds_bucket", model=MODEL, le="2.5") == 5
-    # time to first byte only for flows that got an answer
+    # time to first byte only for flows that got an answer from upstream
     assert value(s, "cf_gateway_time_to_first_byte_seconds_count", model=MODEL) == 4
     assert value(s, "cf_gateway_time_to_first_byte_seconds_sum", model=MODEL) == pytest.approx(1.2)
     assert value(s, "cf_gateway_streams_in_flight") == 0
+
+
+def test_token_kinds_of_every_family():
+    m = Metrics()
+    m.observe(record(family="messages", model="claude-4-5", cached_tokens=100, cache_creation_tokens=50))
+    m.observe(record(family="responses", model="gpt-5", cached_tokens=64, reasoning_tokens=20))
+    s = scrape(m)
+    assert value(s, "cf_gateway_tokens_total", model="claude-4-5", kind="cached") == 100
+    assert value(s, "cf_gateway_tokens_total", model="claude-4-5", kind="cache_creation") == 50
+    assert value(s, "cf_gateway_tokens_total", model="gpt-5", kind="cached") == 64
+    assert value(s, "cf_gateway_requests_total", family="messages", model="claude-4-5", status="200") == 1
+    assert value(s, "cf_gateway_requests_total", family="responses", model="gpt-5", status="200") == 1
+    assert label_values(s, "kind") == {"prompt", "completion", "cached", "cache_creation"}
+
+
+# --- one outcome per flow: who failed is counted where the record says -------------------------------
+
+
+def test_client_hang_up_is_a_client_disconnect_not_an_upstream_error():
+    m = Metrics()
+    m.observe(record(status=None, outcome="client_closed", ttfb_ms=None, error="peer closed connection"))
+    m.observe(record(family="messages", status=200, outcome="client_closed", error="Client disconnected."))
+    s = scrape(m)
+    assert value(s, "cf_gateway_client_disconnects_total", family="chat") == 1
+    assert value(s, "cf_gateway_client_disconnects_total", family="messages") == 1
+    assert total(s, "cf_gateway_upstream_errors_total") == 0
+    # a streamed flow the client left keeps the 200 it got; a buffered one got nothing
+    assert total(s, "cf_gateway_requests_total") == 1
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "disconnects", "upstream_errors"),
+    [
+        ("ok", 200, 0, 0),
+        ("local", 401, 0, 0),
+        ("failed", 413, 0, 0),  # the proxy refused the body: nobody upstream failed
+        ("failed", 502, 0, 0),
+        ("upstream_failed", 502, 0, 1),
+        ("upstream_failed", 200, 0, 1),  # mid-stream
+        ("client_closed", None, 1, 0),
+    ],
+)
+def test_each_outcome_is_counted_once(outcome, status, disconnects, upstream_errors):
+    m = Metrics()
+    error = None if outcome in ("ok", "local") else "peer closed"
+    m.observe(record(outcome=outcome, status=status, error=error))
+    s = scrape(m)
+    assert total(s, "cf_gateway_client_disconnects_total") == disconnects
+    assert total(s, "cf_gateway_upstream_errors_total") == upstream_errors
+    assert total(s, "cf_gateway_requests_total") == (1 if status is not None else 0)
+    if status is not None:
+        model = OTHER if status >= 300 else MODEL  # only a 2xx makes a model a label
+        assert value(s, "cf_gateway_requests_total", family="chat", model=model, status=str(status)) == 1
+
+
+def flow_with_error(message: str, client: ConnectionState, response: bool = False):
+    """A forwarded chat flow at the error hook, as mitmproxy leaves it."""
+    f = tflow.tflow(resp=response)
+    if f.response is not None:
+        f.response.raw_content = None  # the body never arrived whole
+    f.error = tflow.terr(message)
+    f.client_conn.state, f.server_conn.state = client, ConnectionState.CLOSED
+    info = FlowInfo(
+        family="chat",
+        path="/v1/chat/completions",
+        admitted=True,
+        destination=Destination("compat", "/compat/chat/completions"),
+        upstream="https://gateway.ai.cloudflare.com/v1/acc/gw/compat/chat/completions",
+        model=MODEL,
+    )
+    return f, info
+
+
+def test_http2_client_hang_up_from_flow_to_metrics():
+    """Issue 10, finding 1: HTTP/2's "peer closed connection" was counted as upstream_closed."""
+    m = Metrics()
+    m.observe(summary.flow_record(*flow_with_error("peer closed connection", ConnectionState.CLOSED)))
+    s = scrape(m)
+    assert value(s, "cf_gateway_client_disconnects_total", family="chat") == 1
+    assert total(s, "cf_gateway_upstream_errors_total") == 0
+    assert total(s, "cf_gateway_requests_total") == 0
+
+
+def test_buffered_body_broken_off_is_counted_as_the_502_the_client_got():
+    """Issue 9, item 9: counted as a 200 before, though the client got mitmproxy's 502."""
+    m = Metrics()
+    msg = "HTTP/1 protocol error: peer closed connection without sending complete message body"
+    m.observe(summary.flow_record(*flow_with_error(msg, ConnectionState.OPEN, response=True)))
+    s = scrape(m)
+    assert value(s, "cf_gateway_requests_total", family="chat", model=OTHER, status="502") == 1
+    assert total(s, "cf_gateway_requests_total") == 1
+    assert value(s, "cf_gateway_upstream_errors_total", reason="upstream_closed") == 1
+    assert total(s, "cf_gateway_client_disconnects_total") == 0
+
+
+def test_the_addon_counts_a_client_hang_up_once(addon):
+    """Through the hooks: the error hook's record is what the metrics count."""
+    f = reverse_flow(content=b'{"model": "openai/gpt-4o-mini", "messages": []}')
+    addon.requestheaders(f)
+    addon.request(f)
+    assert f.response is None  # forwarded
+    f.response = tutils.tresp(headers=[(b"content-type", b"text/event-stream")], content=b"")
+    addon.responseheaders(f)
+    record = f.response.stream
+    assert callable(record)  # recording
+    record(b"data: {}\n\n")
+    f.error = tflow.terr("peer closed connection")
+    f.client_conn.state, f.server_conn.state = ConnectionState.CLOSED, ConnectionState.CLOSED
+    addon.error(f)
+    s = scrape(addon.metrics)
+    assert value(s, "cf_gateway_client_disconnects_total", family="chat") == 1
+    assert total(s, "cf_gateway_upstream_errors_total") == 0
+    assert value(s, "cf_gateway_requests_total", family="chat", model=MODEL, status="200") == 1
+    assert total(s, "cf_gateway_requests_total") == 1
+    assert value(s, "cf_gateway_streams_in_flight") == 0
+
+
+# --- bounded labels --------------------------------------------------------------------------------
 
 
 def test_streams_in_flight_gauge():
@@ -89,13 +231,37 @@ def test_no_created_series_and_text_format():
     assert "_created" not in text
     assert m.content_type.startswith("text/plain")
     assert "# HELP cf_gateway_requests_total" in text and "# TYPE cf_gateway_requests_total counter" in text
+    assert "# TYPE cf_gateway_client_disconnects_total counter" in text
 
 
 def test_instances_do_not_share_counts():
     a, b = Metrics(), Metrics()
     a.observe(record())
-    assert value(scrape(a), "cf_gateway_requests_total", model=MODEL, status="200") == 1
-    assert value(scrape(b), "cf_gateway_requests_total", model=MODEL, status="200") == 0
+    assert value(scrape(a), "cf_gateway_requests_total", family="chat", model=MODEL, status="200") == 1
+    assert value(scrape(b), "cf_gateway_requests_total", family="chat", model=MODEL, status="200") == 0
+
+
+@pytest.mark.parametrize(
+    ("family", "label"),
+    [
+        ("chat", "chat"),
+        ("messages", "messages"),
+        ("responses", "responses"),
+        ("other", "other"),
+        ("gemini", OTHER),  # a family not in the fixed set never becomes a label
+        ("chat\n", OTHER),
+        ("", OTHER),
+    ],
+)
+def test_family_label_comes_from_the_fixed_set(family, label):
+    m = Metrics()
+    m.observe(record(family=family))
+    m.observe(record(family=family, status=None, outcome="client_closed", error="x"))
+    s = scrape(m)
+    assert value(s, "cf_gateway_requests_total", family=label, model=MODEL, status="200") == 1
+    assert value(s, "cf_gateway_client_disconnects_total", family=label) == 1
+    assert label_values(s, "family") == {label}
+    assert label_values(s, "family") <= set(FAMILY_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -141,36 +307,46 @@ def random_name(rng: random.Random) -> str:
 
 
 @pytest.mark.parametrize("status", [200, 400, 404, None])
-def test_labels_stay_bounded_after_a_thousand_random_models(status):
+def test_labels_stay_bounded_after_a_thousand_random_models_and_families(status):
     m = Metrics()
     rng = random.Random(status or 0)
     for _ in range(1000):
-        m.observe(record(model=random_name(rng), status=status, error=None if status else "timed out"))
+        outcome = "ok" if status else "upstream_failed"
+        m.observe(
+            record(
+                model=random_name(rng),
+                family=random_name(rng) if rng.random() < 0.5 else rng.choice(FAMILY_NAMES),
+                status=status,
+                outcome=outcome,
+                error=None if status else "timed out",
+            )
+        )
     s = scrape(m)
-    labels = model_labels(s)
+    models = label_values(s, "model")
     if status == 200:
-        assert len(labels) == MAX_MODELS + 1 and OTHER in labels
+        assert len(models) == MAX_MODELS + 1 and OTHER in models
     else:
-        assert labels == {OTHER}  # nothing the gateway did not answer successfully gets a label
-    assert all(len(label) <= 80 for label in labels)
+        assert models == {OTHER}  # nothing the gateway did not answer successfully gets a label
+    assert all(len(label) <= 80 for label in models)
+    assert label_values(s, "family") <= set(FAMILY_NAMES)
+    assert label_values(s, "reason") <= {"timeout"}
     assert len(m.render()) < 1_000_000
     # folded, not dropped: every flow is still counted
-    counted = sum(v for (n, _), v in s.items() if n == "cf_gateway_requests_total")
-    assert counted == (1000 if status else 0)
-    durations = sum(v for (n, _), v in s.items() if n == "cf_gateway_request_duration_seconds_count")
-    assert durations == 1000
+    assert total(s, "cf_gateway_requests_total") == (1000 if status else 0)
+    assert total(s, "cf_gateway_request_duration_seconds_count") == 1000
+    assert total(s, "cf_gateway_upstream_errors_total") == (0 if status else 1000)
 
 
 def test_status_label_is_the_number():
     m = Metrics()
     m.observe(record(status=599))
-    assert value(scrape(m), "cf_gateway_requests_total", model=OTHER, status="599") == 1
+    assert value(scrape(m), "cf_gateway_requests_total", family="chat", model=OTHER, status="599") == 1
 
 
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        # what mitmproxy 12 puts in flow.error.msg
+        # what mitmproxy 12 puts in flow.error.msg when the upstream fails
         ("[Errno 111] Connect call failed ('127.0.0.1', 1)", "connect"),
         ("Multiple exceptions: [Errno 111] Connect call failed ('::1', 1, 0, 0)", "connect"),
         ("[Errno -2] Name or service not known", "connect"),
@@ -179,7 +355,6 @@ def test_status_label_is_the_number():
         ("Connection killed: refused by policy", "connect"),
         ("[Errno 110] Connection timed out", "timeout"),
         ("TLS handshake failed: certificate verify failed", "tls"),
-        ("Client disconnected.", "client_disconnected"),
         ("server closed connection", "upstream_closed"),
         (
             "HTTP/1 protocol error: peer closed connection without sending complete message body: "

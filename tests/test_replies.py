@@ -1,4 +1,7 @@
-"""The addon's own answers (cfgw.replies): JSON, and errors OpenAI SDKs understand."""
+"""The addon's own answers (cfgw.replies): JSON, and errors in the shape each client family's SDK reads.
+
+How the anthropic SDK reads the Messages shape is tested with the family (test_family_messages).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import httpx
 import openai
 import pytest
 
+from cfgw.families import BY_NAME
 from cfgw.replies import SERVER, error_response, json_response
+
+CHAT, MESSAGES, RESPONSES = BY_NAME["chat"], BY_NAME["messages"], BY_NAME["responses"]
 
 
 def test_json_response():
@@ -26,8 +32,18 @@ def test_extra_headers_are_added():
     assert r.headers["content-type"] == "application/json"
 
 
-def test_error_response_has_openai_shape():
-    r = error_response(400, "Refused request path: it has a dot segment.", "invalid_path")
+@pytest.mark.parametrize("family", [CHAT, MESSAGES, RESPONSES])
+def test_head_answers_have_no_body_but_the_gets_length(family):
+    get = error_response(family, 401, "Missing proxy key.", "invalid_proxy_key")
+    head = error_response(family, 401, "Missing proxy key.", "invalid_proxy_key", head=True)
+    assert head.raw_content == b""
+    assert head.headers["content-length"] == str(len(get.content)) != "0"
+    assert head.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("family", [CHAT, RESPONSES])
+def test_error_response_has_openai_shape(family):
+    r = error_response(family, 400, "Refused request path: it has a dot segment.", "invalid_path")
     assert r.status_code == 400
     assert json.loads(r.content) == {
         "error": {
@@ -39,50 +55,57 @@ def test_error_response_has_openai_shape():
     }
 
 
+@pytest.mark.parametrize(
+    ("status", "openai_type", "anthropic_type"),
+    [
+        (400, "invalid_request_error", "invalid_request_error"),
+        (401, "authentication_error", "authentication_error"),
+        (500, "server_error", "api_error"),
+        (503, "server_error", "api_error"),
+    ],
+)
+def test_error_response_has_anthropic_shape_on_messages(status, openai_type, anthropic_type):
+    r = error_response(MESSAGES, status, "Refused.", "proxy_code", openai_type)
+    assert r.status_code == status
+    assert json.loads(r.content) == {
+        "type": "error",
+        "error": {"type": anthropic_type, "message": "Refused.", "code": "proxy_code"},
+    }
+
+
 def test_non_ascii_message_stays_valid_json():
-    r = error_response(500, 'caf\u00e9 \u2603 "quoted"\nnewline', "x", type="server_error")
+    r = error_response(CHAT, 500, 'caf\u00e9 \u2603 "quoted"\nnewline', "x", type="server_error")
     assert r.content.isascii()
     assert json.loads(r.content)["error"]["message"] == 'caf\u00e9 \u2603 "quoted"\nnewline'
 
 
-@pytest.mark.parametrize(
-    ("reply", "exception"),
-    [
-        (
-            error_response(
-                401, "Missing proxy key.", "invalid_proxy_key", headers={"www-authenticate": "Bearer"}
-            ),
-            openai.AuthenticationError,
-        ),
-        (error_response(400, "Refused request path.", "invalid_path"), openai.BadRequestError),
-        (
-            error_response(
-                500, "cf-gateway hit an internal error.", "proxy_internal_error", type="server_error"
-            ),
-            openai.InternalServerError,
-        ),
-        (
-            error_response(503, "cf-gateway is not configured.", "proxy_not_configured", type="server_error"),
-            openai.InternalServerError,
-        ),
-    ],
-)
-def test_openai_sdk_turns_our_errors_into_its_exceptions(reply, exception):
+def mock_transport(reply) -> httpx.Client:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(reply.status_code, headers=list(reply.headers.items()), content=reply.content)
 
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "type", "exception"),
+    [
+        (401, "invalid_proxy_key", "authentication_error", openai.AuthenticationError),
+        (400, "invalid_path", "invalid_request_error", openai.BadRequestError),
+        (500, "proxy_internal_error", "server_error", openai.InternalServerError),
+        (503, "not_configured", "server_error", openai.InternalServerError),
+    ],
+)
+@pytest.mark.parametrize("family", [CHAT, RESPONSES])
+def test_openai_sdk_turns_our_errors_into_its_exceptions(family, status, code, type, exception):
+    reply = error_response(family, status, f"cf-gateway says {code}.", code, type)
     client = openai.OpenAI(
-        base_url="http://proxy.invalid/v1",
-        api_key="unused",
-        max_retries=0,
-        http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+        base_url="http://proxy.invalid/v1", api_key="unused", max_retries=0, http_client=mock_transport(reply)
     )
     with pytest.raises(exception) as e:
-        client.chat.completions.create(
-            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-        )
-    body = json.loads(reply.content)["error"]
-    assert e.value.status_code == reply.status_code
-    assert e.value.code == body["code"]
-    assert e.value.type == body["type"]
-    assert body["message"] in str(e.value)
+        if family is CHAT:
+            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+        else:
+            client.responses.create(model="gpt-5", input="hi")
+    assert e.value.status_code == status
+    assert (e.value.code, e.value.type) == (code, type)
+    assert f"cf-gateway says {code}." in str(e.value)

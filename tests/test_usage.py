@@ -1,187 +1,85 @@
+"""cfgw.usage: request models, the compat model spelling, buffered-body usage, stream scanning and
+the gateway's own errors. Family readers have their own tests (test_family_*), decoders theirs
+(test_decoding); these test what usage.py itself adds: bounds, never raising, leaving bodies alone."""
+
+from __future__ import annotations
+
+import dataclasses
 import gzip
 import itertools
 import json
+import time
 import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mitmproxy import http
+from mitmproxy.net import encoding
+from mitmproxy.test import tutils
 
-from cfgw.usage import MAX_LINE, SSEUsageScanner, Usage, request_model, usage_from_json
+from cfgw import decoding, usage
+from cfgw.family import Usage
+from cfgw.family_chat import CHAT
+from cfgw.family_messages import FAMILY as MESSAGES
+from cfgw.family_responses import FAMILY as RESPONSES
+from cfgw.usage import (
+    MAX_PARSE,
+    StreamScanner,
+    body_usage,
+    fix_model_spelling,
+    gateway_error,
+    parsed,
+    request_model,
+    reshape_gateway_error,
+)
 
-# --- fixtures ----------------------------------------------------------------------
-
-CHUNK = {
-    "id": "chatcmpl-AbC123",
-    "object": "chat.completion.chunk",
-    "created": 1732600000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "system_fingerprint": "fp_0ba0d124f1",
-}
-USAGE = {
+CHAT_USAGE = {
     "prompt_tokens": 81,
     "completion_tokens": 15,
     "total_tokens": 96,
-    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 0},
 }
+CHAT_EXPECTED = Usage(81, 15, 96, cached_tokens=64, reasoning_tokens=0)
+CHUNK = {"id": "chatcmpl-AbC123", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18"}
 
 
-def sse(include_usage=True, done=True, n_deltas=3, crlf=False):
-    """A realistic OpenAI chat.completion.chunk stream; with include_usage every chunk has "usage": null."""
+def chat_stream(include_usage: bool = True, n_deltas: int = 3, crlf: bool = False) -> bytes:
+    """A realistic chat.completion.chunk stream; with include_usage every chunk has "usage": null."""
     extra = {"usage": None} if include_usage else {}
-
-    def ev(obj):
-        return "data: " + json.dumps(obj) + "\n\n"
-
     out = [": OPENROUTER PROCESSING\n\n"]
-    out.append(
-        ev(
-            {
-                **CHUNK,
-                "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                ],
-                **extra,
-            }
-        )
-    )
     for i in range(n_deltas):
-        out.append(
-            ev(
-                {
-                    **CHUNK,
-                    "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}],
-                    **extra,
-                }
-            )
-        )
-    out.append(ev({**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra}))
+        delta = {"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}
+        out.append("data: " + json.dumps({**CHUNK, "choices": [delta], **extra}) + "\n\n")
     if include_usage:
-        out.append(ev({**CHUNK, "choices": [], "usage": USAGE}))
-    if done:
-        out.append("data: [DONE]\n\n")
+        out.append("data: " + json.dumps({**CHUNK, "choices": [], "usage": CHAT_USAGE}) + "\n\n")
+    out.append("data: [DONE]\n\n")
     text = "".join(out)
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    return text.encode()
+    return (text.replace("\n", "\r\n") if crlf else text).encode()
 
 
-def scan(body, encoding=None, pieces=None, finish=True):
-    s = SSEUsageScanner(encoding)
-    if pieces is None:
-        pieces = [body]
-    for p in pieces:
-        s.feed(p)
-    if finish:
-        s.close()
-    return s
+STREAM = chat_stream()
 
 
-def state(s):
-    return (s.usage, s.model, s.events, s.done, s.disabled)
+def br_decodes() -> bool:
+    """brotli < 1.2 (mitmproxy 11's venv) cannot bound its output, so decoding refuses br."""
+    try:
+        decoding.stream_decoder("br", decoding.Limits(max_output=1))
+    except ValueError:
+        return False
+    return True
 
 
-EXPECTED = (Usage(81, 15, 96), "gpt-4o-mini-2024-07-18", 6, True, False)
-BODY = sse()
-
-
-# --- Usage / usage_from_json ---------------------------------------------------------
-
-
-def test_usage_total_fallback():
-    assert Usage(1, 2, 10).total == 10
-    assert Usage(1, 2, None).total == 3
-    assert Usage(5, None, None).total == 5
-    assert Usage().total is None
-
-
-def test_usage_from_chat_completion():
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": USAGE,
-        }
-    ).encode()
-    assert usage_from_json(body) == Usage(81, 15, 96)
-
-
-def test_usage_from_embeddings():
-    body = json.dumps(
-        {
-            "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-            "model": "text-embedding-3-small",
-            "usage": {"prompt_tokens": 8, "total_tokens": 8},
-        }
-    ).encode()
-    u = usage_from_json(body)
-    assert u == Usage(8, None, 8)
-    assert u.total == 8
-
-
-def test_usage_missing_total():
-    u = usage_from_json(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}')
-    assert u == Usage(3, 4, None)
-    assert u.total == 7
-
-
-def test_usage_responses_api_names():
-    assert usage_from_json(b'{"usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}}') == Usage(
-        3, 4, 7
-    )
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"not json",
-        b"[1, 2]",
-        b'{"usage": null}',
-        b'{"usage": {}}',
-        b'{"usage": {"prompt_tokens": "12", "total_tokens": true}}',
-        b'{"usage": {"prompt_tokens": -1}}',
-        b'{"usage": {"prompt_tokens": 1.5}}',
-        b'{"no": "usage"}',
-        b'{"usage": {"prompt_tokens": 1',
-        b"\xff\xfe\x00garbage",
-    ],
-)
-def test_usage_from_json_junk(body):
-    assert usage_from_json(body) is None
-
-
-def test_usage_from_large_bodies():
-    vec = [0.0123456789] * 1536
-    data = [{"object": "embedding", "index": i, "embedding": vec} for i in range(60)]
-    body = json.dumps(
-        {"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 9, "total_tokens": 9}}
-    )
-    body = body.encode()
-    assert len(body) > 1 << 20
-    assert usage_from_json(body) == Usage(9, None, 9)
-    # mid-size (> 64 KiB, < 1 MiB): fast tail path and exact full parse agree
-    mid = json.dumps({"object": "list", "data": data[:5], "usage": {"prompt_tokens": 2, "total_tokens": 2}})
-    assert usage_from_json(mid.encode()) == Usage(2, None, 2)
-    # usage not near the end of a mid-size body: falls back to a full parse
-    mid = json.dumps({"usage": {"prompt_tokens": 2, "total_tokens": 2}, "data": data[:5]})
-    assert usage_from_json(mid.encode()) == Usage(2, None, 2)
-    # huge body without usage at the end: no full parse, just None
-    huge = json.dumps({"usage": {"prompt_tokens": 2, "total_tokens": 2}, "data": data})
-    assert usage_from_json(huge.encode()) is None
+def decodable(coding: str | None) -> bool:
+    return coding != "br" or br_decodes()
 
 
 # --- request_model ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "body, expected",
+    ("body", "expected"),
     [
         (b'{"model": "gpt-4o", "messages": []}', "gpt-4o"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}', "gpt-4o"),
@@ -193,6 +91,7 @@ def test_usage_from_large_bodies():
         (b'{"metadata": {"model": "nested"}, "model": "top"}', "top"),
         (b'{"messages": [{"role": "user", "content": "{\\"model\\": \\"x\\"}"}], "model": "top"}', "top"),
         (b'{"a\\"model": "fake", "model": "real"}', "real"),
+        (b'{"mod\\u0065l": "escaped"}', "escaped"),
         (b'{"model": "caf\\u00e9"}', "caf\u00e9"),
         (b'{"model": "\xc3\xa9t\xc3\xa9"}', "\u00e9t\u00e9"),
         (b'{"model": 42}', None),
@@ -215,203 +114,571 @@ def test_request_model_huge_bodies():
     messages = [{"role": "user", "content": [image]}]
     head = json.dumps({"model": "gpt-4o", "messages": messages}).encode()
     tail = json.dumps({"messages": messages, "model": "gpt-4o-mini", "stream": True}).encode()
-    assert len(head) > 1 << 20
+    assert len(head) > MAX_PARSE
     assert request_model(head) == "gpt-4o"
     assert request_model(tail) == "gpt-4o-mini"
     assert request_model(json.dumps({"messages": messages}).encode()) is None
     assert request_model(b"{" + b" " * (2 << 20)) is None
 
 
-# --- SSEUsageScanner ---------------------------------------------------------------
+@settings(max_examples=300)
+@given(st.binary(max_size=2000))
+def test_request_model_never_raises(body):
+    m = request_model(body)
+    assert m is None or isinstance(m, str)
 
 
-def test_sse_plain():
-    assert state(scan(BODY)) == EXPECTED
+# --- fix_model_spelling ------------------------------------------------------------------
 
 
-def test_sse_crlf_and_no_final_newline():
-    assert state(scan(sse(crlf=True))) == EXPECTED
-    s = scan(BODY.rstrip(b"\n"))  # "data: [DONE]" without its newline, flushed by close()
-    assert s.done
-    s = scan(BODY.rstrip(b"\n"), finish=False)
-    assert not s.done and s.usage == Usage(81, 15, 96)
+def post(body: bytes) -> http.Request:
+    return tutils.treq(method=b"POST", path=b"/v1/messages", content=body)
 
 
-def test_sse_without_usage_chunk():
-    s = scan(sse(include_usage=False))
-    assert state(s) == (None, "gpt-4o-mini-2024-07-18", 5, True, False)
+def fixed(body: bytes, route: str = "anthropic") -> tuple[str | None, bytes]:
+    """(model the addon logs, body the provider gets), as gateway.forward calls it."""
+    req = post(body)
+    model = request_model(body)
+    if model is None:
+        return None, req.raw_content or b""
+    return fix_model_spelling(req, model, route), req.raw_content or b""
 
 
-def test_sse_usage_null_chunks_are_not_usage():
-    s = scan(sse(include_usage=True, done=False)[: BODY.find(b'"usage": {')])
-    assert s.usage is None and s.model == "gpt-4o-mini-2024-07-18" and not s.done
+@pytest.mark.parametrize(
+    ("body", "route", "model", "sent"),
+    [
+        (
+            b'{"model": "anthropic/claude-sonnet-4-5", "max_tokens": 5}',
+            "anthropic",
+            "claude-sonnet-4-5",
+            b'{"model": "claude-sonnet-4-5", "max_tokens": 5}',
+        ),
+        (  # the Python SDKs put the model after the messages; spacing is kept as sent
+            b'{"input":[{"role":"user","content":"hi"}],"model"  :"openai/gpt-5","stream":true}',
+            "openai",
+            "gpt-5",
+            b'{"input":[{"role":"user","content":"hi"}],"model"  :"gpt-5","stream":true}',
+        ),
+        # the other provider's prefix, or compat, is left to the gateway
+        (b'{"model": "openai/gpt-5"}', "anthropic", "openai/gpt-5", b'{"model": "openai/gpt-5"}'),
+        (b'{"model": "anthropic/claude"}', "compat", "anthropic/claude", b'{"model": "anthropic/claude"}'),
+        (b'{"model": "anthropic/"}', "anthropic", "anthropic/", b'{"model": "anthropic/"}'),
+        (b'{"model": "claude-4-5"}', "anthropic", "claude-4-5", b'{"model": "claude-4-5"}'),
+    ],
+)
+def test_fix_model_spelling_drops_the_provider_prefix_only(body, route, model, sent):
+    assert fixed(body, route) == (model, sent)
 
 
-def test_sse_last_usage_wins():
-    body = (
-        b'data: {"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}\n\n'
-        b'data: {"usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}}\n\n'
+def test_fix_model_spelling_sets_content_length():
+    req = post(b'{"model": "anthropic/claude-sonnet-4-5"}')
+    assert fix_model_spelling(req, "anthropic/claude-sonnet-4-5", "anthropic") == "claude-sonnet-4-5"
+    assert req.headers["content-length"] == str(len(b'{"model": "claude-sonnet-4-5"}'))
+
+
+ADVERSARIAL = [
+    # (body, model logged, body sent): whatever the bytes, the value changed is the one json.loads
+    # calls the model, and when that value cannot be located exactly the body is left alone.
+    (  # the same value nested too: only the root's changes
+        b'{"model": "anthropic/x", "metadata": {"model": "anthropic/x"}}',
+        "x",
+        b'{"model": "x", "metadata": {"model": "anthropic/x"}}',
+    ),
+    (  # nested after the root's key, in a tool's parameters (Claude Code's Task tool has "model")
+        b'{"model": "anthropic/x", "tools": [{"input_schema": {"properties": {"model": {}}}}]}',
+        "x",
+        b'{"model": "x", "tools": [{"input_schema": {"properties": {"model": {}}}}]}',
+    ),
+    (  # inside a string value the quotes are escaped: not a key
+        b'{"messages": [{"content": "\\"model\\": \\"anthropic/x\\""}], "model": "anthropic/x"}',
+        "x",
+        b'{"messages": [{"content": "\\"model\\": \\"anthropic/x\\""}], "model": "x"}',
+    ),
+    (  # the root's value spelled with an escape, a nested literal one
+        b'{"model": "anthropic\\/x", "metadata": {"model": "anthropic/x"}}',
+        "x",
+        b'{"model": "x", "metadata": {"model": "anthropic/x"}}',
+    ),
+    (  # duplicated keys: json.loads keeps the last one, so that one changes
+        b'{"model": "anthropic/x", "model": "anthropic/y"}',
+        "y",
+        b'{"model": "anthropic/x", "model": "y"}',
+    ),
+    (b'{"model": "x", "model": "anthropic/x"}', "x", b'{"model": "x", "model": "x"}'),
+    (b'{"model": "anthropic/x", "model": "x"}', "x", b'{"model": "anthropic/x", "model": "x"}'),
+    (  # a later duplicate spelled with escapes is the model json.loads sees
+        b'{"model": "anthropic/x", "mod\\u0065l": "anthropic/y"}',
+        "y",
+        b'{"model": "anthropic/x", "mod\\u0065l": "y"}',
+    ),
+    (  # the root's key spelled with an escape, a nested literal one: not located exactly, left alone
+        b'{"mod\\u0065l": "anthropic/x", "metadata": {"model": "anthropic/x"}}',
+        "anthropic/x",
+        b'{"mod\\u0065l": "anthropic/x", "metadata": {"model": "anthropic/x"}}',
+    ),
+    (  # "model" at the end of a key after an escaped quote, and the root's key escaped: left alone
+        b'{"mod\\u0065l": "anthropic/x", "a\\"model": "anthropic/x"}',
+        "anthropic/x",
+        b'{"mod\\u0065l": "anthropic/x", "a\\"model": "anthropic/x"}',
+    ),
+    (b'[{"model": "anthropic/x"}]', None, b'[{"model": "anthropic/x"}]'),  # not an object
+    (b'{"model": ["anthropic/x"]}', None, b'{"model": ["anthropic/x"]}'),
+]
+
+
+@pytest.mark.parametrize(("body", "model", "sent"), ADVERSARIAL)
+def test_fix_model_spelling_changes_what_json_loads_calls_the_model(body, model, sent):
+    assert fixed(body) == (model, sent)
+    top = json.loads(body).get("model") if isinstance(json.loads(body), dict) else None
+    if sent != body:
+        assert json.loads(sent) == {**json.loads(body), "model": model}
+        assert top == "anthropic/" + model
+
+
+IMAGE = json.dumps([{"role": "user", "content": [{"type": "image", "source": {"data": "A" * MAX_PARSE}}]}])
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "sent"),
+    [
+        (  # model first (Claude Code): only the value is parsed
+            '{"model": "anthropic/claude", "messages": IMAGE}',
+            "claude",
+            '{"model": "claude", "messages": IMAGE}',
+        ),
+        (  # model after the messages (the Python SDKs): proved top-level by what follows it
+            '{"messages": IMAGE, "model": "anthropic/claude", "stream": true}',
+            "claude",
+            '{"messages": IMAGE, "model": "claude", "stream": true}',
+        ),
+        (
+            '{"model": "anthropic/claude", "messages": IMAGE, "tools": [{"properties": {"model": {}}}]}',
+            "claude",
+            '{"model": "claude", "messages": IMAGE, "tools": [{"properties": {"model": {}}}]}',
+        ),
+        (
+            '{"model": "anthropic/claude", "messages": IMAGE, "mod\\u0065l": "anthropic/other"}',
+            "other",
+            '{"model": "anthropic/claude", "messages": IMAGE, "mod\\u0065l": "other"}',
+        ),
+        (  # too big for the exact slow path, and the root's key is escaped: left alone
+            '{"mod\\u0065l": "anthropic/claude", "messages": IMAGE, "m": {"model": "anthropic/claude"}}',
+            None,
+            '{"mod\\u0065l": "anthropic/claude", "messages": IMAGE, "m": {"model": "anthropic/claude"}}',
+        ),
+    ],
+)
+def test_fix_model_spelling_of_big_bodies(text, model, sent):
+    body = text.replace("IMAGE", IMAGE).encode()
+    assert len(body) > MAX_PARSE
+    assert fixed(body) == (model, sent.replace("IMAGE", IMAGE).encode())
+
+
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._", min_size=1, max_size=12)
+_prefixed = st.sampled_from(["anthropic/", "openai/", ""]).flatmap(lambda p: _names.map(lambda n: p + n))
+_keys = st.sampled_from(["model", "messages", "metadata", 'a"model', "input", "m"])
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | _prefixed,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def request_bodies(draw) -> bytes:
+    """JSON objects whose keys and values collide with the model spelling: nested and duplicated
+    "model" keys (duplicates spliced into the text), keys spelled with escapes, odd spacing."""
+    pairs = draw(st.lists(st.tuples(_keys, _json_values), max_size=5))
+    for _ in range(draw(st.integers(0, 2))):
+        pairs.insert(draw(st.integers(0, len(pairs))), ("model", draw(_prefixed)))
+    item_sep, key_sep = draw(st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " :\t")]))
+    members = []
+    for key, value in pairs:
+        k = json.dumps(key)
+        if key == "model" and draw(st.booleans()):
+            k = '"mod\\u0065l"'  # the same key, spelled with an escape
+        members.append(k + key_sep + json.dumps(value, separators=(item_sep, key_sep)))
+    return ("{" + item_sep.join(members) + "}").encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_bodies())
+def test_request_model_is_what_json_loads_sees(body):
+    top = json.loads(body).get("model")
+    assert request_model(body) == (top if isinstance(top, str) else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_bodies(), st.sampled_from(["anthropic", "openai", "compat"]))
+def test_fix_model_spelling_changes_only_what_json_loads_calls_the_model(body, route):
+    """Property: the body is either left alone, or changed exactly as json.loads sees it: its top-level
+    model loses the route's provider prefix, and nothing else differs (one value's bytes replaced)."""
+    before = json.loads(body)
+    model, sent = fixed(body, route)
+    if sent == body:
+        assert model == request_model(body)
+        return
+    prefix = usage.PROVIDER_PREFIX[route]
+    top = before["model"]
+    assert top.startswith(prefix) and model == top[len(prefix) :]
+    assert json.loads(sent) == {**before, "model": model}
+    # one spot changed: taking the prefix out of the body at one place gives what was sent
+    p = prefix.encode()
+    spots = [i for i in range(len(body)) if body.startswith(p, i)]
+    assert any(body[:i] + body[i + len(p) :] == sent for i in spots)
+
+
+def test_fix_model_spelling_property_is_not_vacuous():
+    """Bodies shaped like the generator's do get fixed (so the property above tests something)."""
+    assert fixed(b'{"m": 1, "model": "openai/gpt-5"}', "openai") == ("gpt-5", b'{"m": 1, "model": "gpt-5"}')
+    assert fixed(b'{"mod\\u0065l": "openai/a", "model": "openai/b"}', "openai") == (
+        "b",
+        b'{"mod\\u0065l": "openai/a", "model": "b"}',
     )
-    assert scan(body).usage == Usage(5, 6, 11)
 
 
-def test_sse_cut_short():
-    cut = BODY[: len(BODY) // 2]
-    s = scan(cut)
-    assert s.usage is None and not s.done and not s.disabled
-    assert s.model == "gpt-4o-mini-2024-07-18"
+# --- parsed / body_usage ---------------------------------------------------------------
 
 
-def _deflate_raw(data):
-    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    return c.compress(data) + c.flush()
+def test_parsed_small_bodies_are_parsed_whole():
+    assert parsed(b'{"usage": {"prompt_tokens": 1}, "x": [1]}') == {"usage": {"prompt_tokens": 1}, "x": [1]}
+    assert parsed(b"[1, 2]") == [1, 2]
+    assert parsed(b"{not json") is None
+    assert parsed(b"\xff\xfe") is None
 
 
-def _encoders():
-    enc = {
-        "gzip": gzip.compress,
-        "x-gzip": gzip.compress,
-        "deflate": zlib.compress,
-        "deflate-raw": _deflate_raw,
+def big_embeddings(usage_obj: dict | None = None, usage_first: bool = False) -> bytes:
+    data = [{"object": "embedding", "index": i, "embedding": [0.0123456789] * 1536} for i in range(60)]
+    doc: dict = {"object": "list", "data": data, "model": "text-embedding-3-small"}
+    if usage_obj is not None:
+        doc = {"usage": usage_obj, **doc} if usage_first else {**doc, "usage": usage_obj}
+    body = json.dumps(doc).encode()
+    assert len(body) > MAX_PARSE
+    return body
+
+
+def test_parsed_big_bodies_only_for_their_trailing_usage():
+    """Every family puts usage last: a big body is not parsed whole, only its trailing usage object."""
+    assert parsed(big_embeddings({"prompt_tokens": 9, "total_tokens": 9})) == {
+        "usage": {"prompt_tokens": 9, "total_tokens": 9}
     }
-    try:
-        import brotli
-
-        enc["br"] = brotli.compress
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from backports import zstd
-
-        enc["zstd"] = zstd.compress
-    except ImportError:
-        try:
-            import zstandard
-
-            enc["zstd"] = zstandard.ZstdCompressor().compress
-        except ImportError:  # pragma: no cover
-            pass
-    return enc
+    assert parsed(big_embeddings({"prompt_tokens": 9}, usage_first=True)) is None  # not near the end
+    assert parsed(big_embeddings()) is None
+    assert parsed(big_embeddings({"prompt_tokens": 9})[:-3]) is None  # cut inside the usage object
+    assert parsed(b"{" + b" " * MAX_PARSE + b'"usage": [1, 2]}') is None  # usage that is not an object
 
 
-ENCODERS = _encoders()
+def buffered(body: bytes, coding: str | None = None, ctype: str = "application/json") -> http.Response:
+    headers = [(b"content-type", ctype.encode())]
+    if coding:
+        headers.append((b"content-encoding", coding.encode()))
+    resp = tutils.tresp(headers=http.Headers(headers), content=b"")
+    resp.raw_content = body
+    return resp
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
-@pytest.mark.parametrize("include_usage", [True, False])
-def test_sse_compressed(name, include_usage):
-    body = sse(include_usage=include_usage, n_deltas=50)
-    header = "deflate" if name == "deflate-raw" else name
-    data = ENCODERS[name](body)
-    whole = state(scan(data, header))
-    assert whole == state(scan(body))
-    assert whole[0] == (Usage(81, 15, 96) if include_usage else None)
-    # compressed bytes arriving in small pieces
-    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]
-    assert state(scan(data, header, pieces)) == whole
+COMPLETION = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "usage": CHAT_USAGE}).encode()
 
 
-def test_gzip_concatenated_members():
-    half = len(BODY) // 2
-    data = gzip.compress(BODY[:half]) + gzip.compress(BODY[half:])
-    assert state(scan(data, "gzip")) == EXPECTED
+@pytest.mark.parametrize("coding", [None, "gzip", "deflate", "br", "zstd"])
+def test_body_usage_reads_encoded_bodies_without_changing_them(coding):
+    raw = encoding.encode(COMPLETION, coding) if coding else COMPLETION
+    resp = buffered(raw, coding)
+    before = resp.get_state()
+    assert body_usage(CHAT, resp) == (CHAT_EXPECTED if decodable(coding) else None)
+    assert resp.get_state() == before
 
 
-def test_gzip_bomb_is_processed_in_bounded_pieces():
-    body = b": " + b"x" * (8 << 20) + b"\n" + BODY  # a 8 MiB comment line is dropped
-    assert state(scan(gzip.compress(body), "gzip")) == EXPECTED
+def test_body_usage_of_a_big_body_finds_the_trailing_usage():
+    resp = buffered(big_embeddings({"prompt_tokens": 9, "total_tokens": 9}))
+    assert body_usage(CHAT, resp) == Usage(9, None, 9)
 
 
-@pytest.mark.parametrize("enc", ["compress", "gzip, br", "bogus"])
-def test_unknown_encoding_disables(enc):
-    s = scan(BODY, enc)
-    assert s.disabled and s.usage is None and s.events == 0
+@pytest.mark.parametrize(
+    ("raw", "coding", "ctype"),
+    [
+        (COMPLETION, None, "text/plain"),  # only JSON bodies are read
+        (COMPLETION, None, "text/event-stream"),
+        (b"", None, "application/json"),
+        (COMPLETION, "x-custom", "application/json"),
+        (gzip.compress(gzip.compress(COMPLETION)), "gzip, gzip", "application/json"),
+        (b'{"pad": "' + b"x" * usage.USAGE_PARSE_LIMIT + b'", "usage": {"prompt_tokens": 1}}', None, "json"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "application/json"),
+        (b'{"usage": {"prompt_tokens": "11", "completion_tokens": 1.5}}', None, "application/json"),
+    ],
+)
+def test_body_usage_of_unusable_bodies_is_none(raw, coding, ctype):
+    assert body_usage(CHAT, buffered(raw, coding, ctype)) is None
 
 
-@pytest.mark.parametrize("enc", [None, "", "identity", "IDENTITY "])
-def test_identity_encodings(enc):
-    assert state(scan(BODY, enc)) == EXPECTED
+def test_body_usage_when_the_family_reader_raises():
+    def boom(obj):
+        raise RuntimeError("reader bug")
+
+    family = dataclasses.replace(CHAT, usage_from_json=boom)
+    assert body_usage(family, buffered(COMPLETION)) is None
 
 
-def test_corrupt_compressed_stream_disables():
-    s = scan(b"\x1f\x8b\x08\x00garbage" + BODY, "gzip")
+# --- StreamScanner ---------------------------------------------------------------------
+
+
+def scan(pieces, coding: str | None = None, family=CHAT, close: bool = True) -> StreamScanner:
+    s = StreamScanner(family, coding)
+    for p in pieces:
+        s.feed(p)
+    if close:
+        s.close()
+    return s
+
+
+def test_scanner_plain_and_crlf():
+    assert scan([STREAM]).usage == CHAT_EXPECTED
+    assert scan([chat_stream(crlf=True)]).usage == CHAT_EXPECTED
+    assert scan([chat_stream(include_usage=False)]).usage is None
+
+
+def test_scanner_close_delivers_a_last_event_without_its_blank_line():
+    body = STREAM.replace(b"\n\ndata: [DONE]\n\n", b"")
+    assert body.endswith(b"}")
+    assert scan([body], close=False).usage is None
+    assert scan([body]).usage == CHAT_EXPECTED
+
+
+def test_scanner_split_at_every_byte_boundary():
+    for i in range(len(STREAM) + 1):
+        assert scan([STREAM[:i], STREAM[i:]]).usage == CHAT_EXPECTED, i
+
+
+def test_scanner_gzip_split_at_every_byte_boundary():
+    data = gzip.compress(STREAM)
+    for i in range(len(data) + 1):
+        assert scan([data[:i], data[i:]], "gzip").usage == CHAT_EXPECTED, i
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_scanner_split_at_random_points(cuts):
+    points = [0, *sorted(cuts), len(STREAM)]
+    assert scan([STREAM[a:b] for a, b in itertools.pairwise(points)]).usage == CHAT_EXPECTED
+
+
+def test_scanner_ignores_empty_chunks_mid_stream():
+    pieces = [p for i in range(0, len(STREAM), 50) for p in (STREAM[i : i + 50], b"")]
+    assert scan(pieces).usage == CHAT_EXPECTED
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "br", "zstd"])
+def test_scanner_compressed_streams_in_small_pieces(coding):
+    data = encoding.encode(chat_stream(n_deltas=50), "gzip" if coding == "x-gzip" else coding)
+    s = scan([data[i : i + 7] for i in range(0, len(data), 7)], coding)
+    assert s.usage == (CHAT_EXPECTED if decodable(coding) else None)
+    assert s.disabled is not decodable(coding)
+
+
+def test_scanner_gzip_members_and_raw_deflate():
+    half = len(STREAM) // 2
+    assert scan([gzip.compress(STREAM[:half]) + gzip.compress(STREAM[half:])], "gzip").usage == CHAT_EXPECTED
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert scan([c.compress(STREAM) + c.flush()], "deflate").usage == CHAT_EXPECTED
+
+
+@pytest.mark.parametrize("coding", [None, "", "identity", "IDENTITY "])
+def test_scanner_identity_encodings(coding):
+    assert scan([STREAM], coding).usage == CHAT_EXPECTED
+
+
+@pytest.mark.parametrize("coding", ["compress", "gzip, br", "bogus"])
+def test_scanner_unknown_encoding_disables(coding):
+    s = scan([STREAM], coding)
     assert s.disabled and s.usage is None
 
 
-def test_split_at_every_byte_boundary():
-    for i in range(len(BODY) + 1):
-        assert state(scan(BODY, pieces=[BODY[:i], BODY[i:]])) == EXPECTED, i
-    crlf = sse(crlf=True)
-    for i in range(0, len(crlf) + 1, 3):
-        assert state(scan(crlf, pieces=[crlf[:i], crlf[i:]])) == EXPECTED, i
+def test_scanner_corrupt_stream_stops_for_good():
+    s = scan([b"\x1f\x8b\x08\x00garbage", gzip.compress(STREAM)], "gzip")
+    assert s.disabled and s.usage is None
 
 
-def test_split_gzip_at_every_byte_boundary():
-    data = gzip.compress(BODY)
-    for i in range(len(data) + 1):
-        assert state(scan(data, "gzip", [data[:i], data[i:]])) == EXPECTED, i
+def test_scanner_keeps_usage_seen_before_the_stream_broke():
+    data = gzip.compress(STREAM)
+    s = scan([data, b"\x00garbage after the member"], "gzip")
+    assert s.usage == CHAT_EXPECTED
 
 
-def test_empty_chunks_mid_stream_are_ignored():
-    pieces = []
-    for i in range(0, len(BODY), 50):
-        pieces += [BODY[i : i + 50], b""]
-    assert state(scan(BODY, pieces=pieces)) == EXPECTED
+def test_scanner_stops_when_the_reader_raises():
+    class Boom:
+        usage = None
+
+        def event(self, event):
+            raise RuntimeError("reader bug")
+
+    family = dataclasses.replace(CHAT, stream_usage=Boom)
+    s = scan([STREAM], family=family)
+    assert s.disabled and s.usage is None
 
 
-def test_byte_by_byte():
-    assert state(scan(BODY, pieces=[BODY[i : i + 1] for i in range(len(BODY))])) == EXPECTED
+def test_scanner_reads_the_family_it_was_given():
+    anthropic = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":7,'
+        b'"output_tokens":1}}}\n\nevent: message_delta\ndata: {"type":"message_delta","usage":'
+        b'{"output_tokens":3}}\n\n'
+    )
+    assert scan([anthropic], family=MESSAGES).usage == Usage(7, 3, cache_in_input=False)
+    assert scan([STREAM], family=MESSAGES).usage is None
+    assert scan([STREAM], family=RESPONSES).usage is None
 
 
-@given(st.lists(st.integers(min_value=0, max_value=len(BODY)), max_size=12))
-def test_split_at_random_points(cuts):
-    points = [0, *sorted(cuts), len(BODY)]
-    pieces = [BODY[a:b] for a, b in itertools.pairwise(points)]
-    assert state(scan(BODY, pieces=pieces)) == EXPECTED
+HOSTILE_STREAMS = {
+    "3 MiB of empty gzip members": (zlib.compress(b"", 9, 31) * 157286, "gzip"),
+    "gzip of 16 MiB of zeros": (gzip.compress(bytes(16 << 20), 9), "gzip"),
+    "an endless line": (gzip.compress(b"data: " + b"x" * (16 << 20)), "gzip"),
+}
 
 
-def test_huge_line_is_dropped_and_scanning_continues():
-    huge = b'data: {"usage": {"prompt_tokens": 1, "total_tokens": 1}, "pad": "' + b"x" * MAX_LINE + b'"}\n\n'
-    # in one piece, and trickled in 64 KiB pieces (partial-line bound)
-    for pieces in ([huge + BODY], [huge[i : i + 65536] for i in range(0, len(huge), 65536)] + [BODY]):
-        s = scan(None, pieces=pieces)
-        assert state(s) == EXPECTED
-    # a line longer than MAX_LINE never finishing: nothing buffered beyond the bound
-    s = SSEUsageScanner()
-    for _ in range(40):
-        s.feed(b"x" * 65536)
-    assert len(s._partial) <= MAX_LINE
-    s.feed(b"\n" + BODY)
-    assert state(s)[:4] == EXPECTED[:4]
+@pytest.mark.parametrize("case", HOSTILE_STREAMS)
+def test_scanner_hostile_streams_cost_little_and_give_no_usage(case):
+    raw, coding = HOSTILE_STREAMS[case]
+    s = StreamScanner(CHAT, coding)
+    start = time.perf_counter()
+    for i in range(0, len(raw), 16 << 10):
+        s.feed(raw[i : i + (16 << 10)])
+    s.close()
+    assert time.perf_counter() - start < 2.5  # seconds; STREAM_LIMITS allows 2 s in all, per stream
+    assert s.usage is None
 
 
 @settings(max_examples=300)
 @given(
-    st.lists(st.binary(max_size=300), max_size=8), st.sampled_from([None, "gzip", "deflate", "br", "zstd"])
+    st.lists(st.binary(max_size=300), max_size=8),
+    st.sampled_from([None, "gzip", "deflate", "br", "zstd"]),
+    st.sampled_from([CHAT, MESSAGES, RESPONSES]),
 )
-def test_fuzz_feed_never_raises(chunks, enc):
-    s = SSEUsageScanner(enc)
+def test_scanner_never_raises(chunks, coding, family):
+    s = StreamScanner(family, coding)
     for c in chunks:
         s.feed(c)
     s.close()
     assert s.usage is None or isinstance(s.usage, Usage)
-    assert s.model is None or isinstance(s.model, str)
-    assert isinstance(s.events, int) and isinstance(s.done, bool)
 
 
-@given(
-    st.lists(
-        st.sampled_from([b"data:", b" ", b"{", b"}", b'"usage"', b":", b"null", b"\n", b"\r", b"[DONE]"])
-    )
+# --- the gateway's own errors -------------------------------------------------------------
+
+GATEWAY_401 = {
+    "success": False,
+    "result": [],
+    "messages": [],
+    "error": [{"code": 2009, "message": "Unauthorized"}],
+}
+GATEWAY_400 = {
+    "success": False,
+    "result": [],
+    "messages": [],
+    "error": [{"code": 2008, "message": "Invalid provider"}],
+    "name": "AiGatewayError",
+    "httpCode": 400,
+    "internalCode": 2008,
+    "message": "Invalid provider",
+    "description": "Invalid provider",
+}
+PROVIDER_ERROR = {"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (GATEWAY_401, (2009, "Unauthorized")),
+        ({"error": [{"code": "2009", "message": 5}]}, (None, "Gateway error")),
+        ({"error": [{"code": True}]}, (None, "Gateway error")),
+        (PROVIDER_ERROR, None),
+        ({"error": []}, None),
+        ({"error": ["text"]}, None),
+        ([GATEWAY_401], None),
+        (None, None),
+    ],
 )
-def test_fuzz_sse_tokens(tokens):
-    s = scan(b"".join(tokens))
-    assert s.usage is None and s.model is None and not s.disabled
+def test_gateway_error(obj, expected):
+    assert gateway_error(obj) == expected
 
 
-@given(st.binary(max_size=2000))
-def test_fuzz_json_helpers(body):
-    m = request_model(body)
-    assert m is None or isinstance(m, str)
-    u = usage_from_json(body)
-    assert u is None or isinstance(u, Usage)
+def error_response(status: int, obj: object, coding: str | None = None) -> http.Response:
+    raw = json.dumps(obj).encode()
+    resp = buffered(encoding.encode(raw, coding) if coding else raw, coding)
+    resp.status_code = status
+    resp.headers["cf-ray"] = "8f00-LHR"
+    return resp
+
+
+def test_reshape_gateway_error_in_the_openai_shape_keeps_everything_else():
+    resp = error_response(400, GATEWAY_400)
+    assert reshape_gateway_error(resp, CHAT, reshape=True) == 2008
+    assert resp.status_code == 400 and resp.headers["cf-ray"] == "8f00-LHR"
+    assert json.loads(resp.content or b"") == {
+        "error": {
+            "message": "Invalid provider (AI Gateway error 2008)",
+            "type": "gateway_error",
+            "param": None,
+            "code": 2008,
+        },
+        **{k: v for k, v in GATEWAY_400.items() if k != "error"},
+    }
+    assert resp.headers["content-length"] == str(len(resp.raw_content or b""))
+
+
+def test_reshape_gateway_error_in_the_anthropic_shape():
+    resp = error_response(401, GATEWAY_401)
+    assert reshape_gateway_error(resp, MESSAGES, reshape=True) == 2009
+    assert json.loads(resp.content or b"") == {
+        "type": "error",
+        "error": {
+            "type": "authentication_error",
+            "message": "Unauthorized (AI Gateway error 2009)",
+            "code": 2009,
+        },
+        "success": False,
+        "result": [],
+        "messages": [],
+    }
+
+
+def test_reshape_gateway_error_of_an_encoded_body_stays_encoded():
+    resp = error_response(401, GATEWAY_401, "gzip")
+    assert reshape_gateway_error(resp, RESPONSES, reshape=True) == 2009
+    assert resp.headers["content-encoding"] == "gzip"
+    assert json.loads(gzip.decompress(resp.raw_content or b""))["error"]["code"] == 2009
+
+
+@pytest.mark.parametrize(
+    ("status", "obj", "reshape", "code"),
+    [
+        (401, GATEWAY_401, False, 2009),  # cf_gateway_errors=raw: the code is still known
+        (401, PROVIDER_ERROR, True, None),  # the provider's own error passes through
+        (200, GATEWAY_401, True, None),  # not an error status
+        (500, ["not", "an", "object"], True, None),
+    ],
+)
+def test_reshape_gateway_error_leaves_other_bodies_alone(status, obj, reshape, code):
+    resp = error_response(status, obj)
+    before = resp.get_state()
+    assert reshape_gateway_error(resp, CHAT, reshape) == code
+    assert resp.get_state() == before
+
+
+def test_reshape_gateway_error_of_hostile_bodies():
+    bomb = zlib.compress(b"", 9, 31) * 157286
+    resp = buffered(bomb, "gzip")
+    resp.status_code = 502
+    start = time.perf_counter()
+    assert reshape_gateway_error(resp, CHAT, reshape=True) is None
+    assert time.perf_counter() - start < 0.5  # seconds; was 7.5 s before decoding was bounded
+    assert resp.raw_content == bomb
+
+
+@pytest.mark.parametrize(("depth", "code"), [(500, 2009), (100_000, None)])
+def test_reshape_gateway_error_of_deeply_nested_bodies_never_raises(depth, code):
+    """Too deep for the json module: not read (and not raised into the response hook)."""
+    raw = b'{"error": [{"code": 2009, "message": "m"}], "deep": ' + b"[" * depth + b"]" * depth + b"}"
+    resp = buffered(raw)
+    resp.status_code = 401
+    assert reshape_gateway_error(resp, CHAT, reshape=True) == code
+    if code is None:
+        assert resp.raw_content == raw
+    else:
+        assert json.loads(resp.content or b"")["deep"] == json.loads(raw)["deep"]

@@ -44,3 +44,27 @@ def test_header_block_limit():
     assert (e.value.status, e.value.code) == (431, "request_headers_too_large")
     with pytest.raises(BadRequest):
         check_request(request(headers=[(f"x-{i}", "a" * 1000) for i in range(140)]))  # many small ones
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-folded", b"first\r\n second"),  # obs-fold
+        (b"x-folded", b"first\n\tsecond"),
+        (b"x-cr", b"a\rb"),
+        (b"x-nul", b"a\x00b"),
+        (b"x-\x00name", b"value"),
+        (b"authorization", b"Bearer sk-\r\nx-injected: 1"),
+    ],
+)
+def test_cr_lf_and_nul_in_header_fields_are_refused(field):
+    req = tutils.treq(headers=http.Headers(fields=((b"host", b"example.com"), field)))
+    with pytest.raises(BadRequest) as e:
+        check_request(req)
+    assert (e.value.status, e.value.code) == (400, "invalid_header")
+    assert str(e.value) == "A request header holds a CR, LF (obs-fold) or NUL character."
+
+
+def test_tabs_and_high_bytes_in_values_pass():
+    """HTAB is allowed inside a value; obs-text (0x80-0xFF) is legacy but not dangerous."""
+    check_request(tutils.treq(headers=http.Headers(fields=((b"x-a", b"a\tb"), (b"x-b", b"caf\xe9")))))

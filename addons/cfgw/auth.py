@@ -88,18 +88,26 @@ CLIENT_KEY_HEADERS = ("authorization", "x-api-key")
 GATEWAY_HEADER_PREFIX = b"cf-aig-"
 
 
-def set_credentials(headers: http.Headers, token: str | None, key_mode: bool, strip_gateway: bool) -> None:
+def set_credentials(
+    headers: http.Headers,
+    token: str | None,
+    key_mode: bool,
+    strip_gateway: bool,
+    drop_keys: bool | None = None,
+) -> None:
     """The headers the gateway gets for credentials, in one pass.
 
-    Key mode: the client's access key is removed (any Authorization reaching the gateway
-    bypasses its stored keys, BYOK / Unified Billing) and the proxy's token wins over a
-    client's cf-aig-authorization. ``strip_gateway`` drops every other client ``cf-aig-*``
-    header (logging, caching, cost) too. Pass-through: the token is added only when the
-    client sent none.
+    ``drop_keys`` (default: key mode) removes the client's Authorization and x-api-key:
+    in key mode they carry the access key, and any Authorization reaching the gateway
+    bypasses its stored keys (BYOK / Unified Billing). Key mode: the proxy's token wins
+    over a client's cf-aig-authorization. ``strip_gateway`` drops every other client
+    ``cf-aig-*`` header (logging, caching, cost) too. Otherwise the token is added only
+    when the client sent none.
     """
     fields = headers.fields
-    if key_mode or strip_gateway:
-        drop = {name.encode() for name in CLIENT_KEY_HEADERS} if key_mode else set()
+    drop_keys = key_mode if drop_keys is None else drop_keys
+    if key_mode or strip_gateway or drop_keys:
+        drop = {name.encode() for name in CLIENT_KEY_HEADERS} if drop_keys else set()
         kept = []
         for name, value in fields:
             lower = name.lower()

@@ -112,8 +112,11 @@ def parse_size(value: str) -> int:
 
 
 def parse_token(value: str) -> str | None:
-    """The AI Gateway token, with or without a 'Bearer ' prefix; never echoed in errors."""
+    """The AI Gateway token (or '@/path' to a file holding it), with or without a 'Bearer '
+    prefix; never echoed in errors."""
     v = value.strip()
+    if v.startswith("@"):
+        v = read_file(v, "token").strip()
     if v.lower().startswith("bearer "):
         v = v[7:].strip()
     if not v:
@@ -130,10 +133,7 @@ def parse_proxy_keys(value: str) -> AccessKeys | None:
         return None
     if v.startswith("@"):
         path = Path(v[1:]).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # editors on Windows add a BOM
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read key file {str(path)!r}: {e.__class__.__name__}") from None
+        text = read_file(v, "key")
         keys = [
             line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
         ]
@@ -187,17 +187,21 @@ def secret_source(env: str) -> str:
 
 
 def read_secret(value: str, env: str, environ: Mapping[str, str | None]) -> str:
-    """Resolve a secret option: its env placeholder, '@/path/to/file', or (discouraged) the literal."""
+    """Resolve a secret option's '(from VAR)' placeholder; anything else (an '@/path/to/file' the
+    parser reads, or a discouraged literal) is returned as it is."""
     v = value.strip()
     if v == secret_source(env):
         return (environ.get(env) or "").strip()
-    if v.startswith("@"):
-        path = Path(v[1:]).expanduser()
-        try:
-            return path.read_text(encoding="utf-8-sig").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read secret file {str(path)!r}: {e.__class__.__name__}") from None
     return v
+
+
+def read_file(value: str, what: str) -> str:
+    """The text of the file an '@/path' value names (a BOM, as Windows editors add, dropped)."""
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} file {str(path)!r}: {e.__class__.__name__}") from None
 
 
 # -- the options, each declared once -----------------------------------------------------------
@@ -271,6 +275,15 @@ class Settings:
         "'auto': /v1/messages to the gateway's anthropic endpoint, /v1/responses to its openai "
         "endpoint, everything else to compat. 'compat': every request to compat.",
     )
+    provider_keys: str = option(
+        "CF_PROVIDER_KEYS",
+        "auto",
+        parse_choice("auto", "forward", "drop"),
+        "Clients' own provider keys (Authorization, x-api-key): 'forward' them to the provider, or "
+        "'drop' them (the gateway's stored keys or Unified Billing pay; any Authorization reaching the "
+        "gateway bypasses those). 'auto': drop when the proxy injects a gateway token, else forward. "
+        "With access keys those headers carry the proxy key and are always dropped.",
+    )
     client_gateway_headers: str = option(
         "CF_CLIENT_GATEWAY_HEADERS",
         "auto",
@@ -342,6 +355,13 @@ class Settings:
         )
 
     @property
+    def drop_client_keys(self) -> bool:
+        """Whether clients' Authorization / x-api-key headers are removed before forwarding."""
+        if self.proxy_keys is not None or self.provider_keys == "drop":
+            return True
+        return self.provider_keys == "auto" and self.token is not None
+
+    @property
     def strip_client_gateway_headers(self) -> bool:
         if self.client_gateway_headers == "auto":
             return self.proxy_keys is not None
@@ -361,7 +381,12 @@ class Settings:
                 "authenticated gateways, which all new ones are, answer 401/2009: set CF_AIG_TOKEN)"
             )
         if not self.proxy_keys:
-            modes.append("pass-through (clients' own keys forwarded)")
+            modes.append(
+                "no access keys; clients' Authorization/x-api-key removed (stored keys or Unified Billing "
+                "pay; cf_provider_keys=forward sends your own provider keys)"
+                if self.drop_client_keys
+                else "pass-through (clients' own provider keys forwarded)"
+            )
         return "; ".join(modes)
 
 

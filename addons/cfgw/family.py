@@ -2,7 +2,7 @@
 
 The pipeline (route, authenticate, forward, stream, account, render) is the same
 for every family; only these few things differ. A new family is one module that
-builds a ``Family`` and one row in ``routes.ROUTES``.
+builds a ``Family``, its entry in ``families.BY_NAME`` and its row in ``routes.PROVIDER_ROUTES``.
 """
 
 from __future__ import annotations

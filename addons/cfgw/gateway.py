@@ -218,9 +218,13 @@ class CfGateway:
     def restore_secrets(self, flow: http.HTTPFlow, info: FlowInfo) -> bool:
         """A replay gets the real secrets back over their masks; False if it was answered instead."""
         s = self.settings
-        fresh = frozenset({b"cf-aig-authorization"}) if s and s.proxy_keys and s.token else frozenset()
+        fresh = set()  # headers the proxy sets itself on the way out: their masks need no secret
+        if s and s.token:
+            fresh.add(b"cf-aig-authorization")
+        if s and s.drop_client_keys:
+            fresh |= {name.encode() for name in auth.CLIENT_KEY_HEADERS}
         try:
-            self.stash.restore(flow, flow.metadata.get(META, {}).get("secrets"), fresh)
+            self.stash.restore(flow, flow.metadata.get(META, {}).get("secrets"), frozenset(fresh))
         except Unrestorable as e:
             log.warning(
                 f"cf-gateway: replay of flow {flow.id} not sent: its {logs.printable(str(e))} header is "
@@ -256,7 +260,8 @@ class CfGateway:
             return
         if s.proxy_keys and not flow.is_replay:
             if not auth.key_matches(auth.presented_key(req.headers), s.key_digests):
-                problem = "Missing" if not auth.presented_key(req.headers) else "Invalid"
+                sent_one = any(h in req.headers for h in auth.CLIENT_KEY_HEADERS)  # even if malformed
+                problem = "Invalid" if sent_one else "Missing"
                 self.answer(
                     flow,
                     info,
@@ -268,7 +273,10 @@ class CfGateway:
                     headers={"www-authenticate": 'Bearer realm="cf-gateway"'},
                 )
                 return
-        if info.path == METRICS_PATH and req.method in ("GET", "HEAD") and s.metrics:
+        if info.path == METRICS_PATH and req.method in ("GET", "HEAD"):
+            if not s.metrics:
+                self.answer(flow, info, "not_found", 404, "Metrics are off (cf_metrics=off).")
+                return
             info.local = "metrics"
             body = b"" if req.method == "HEAD" else self.metrics.render()
             flow.response = http.Response.make(200, body, {"content-type": self.metrics.content_type})
@@ -304,8 +312,8 @@ class CfGateway:
                 f"cf-gateway: internal error on {logs.printable(flow.request.method)} "
                 f"{logs.printable(flow.request.path.partition('?')[0])}; answered 500, not forwarded"
             )
-            info = info or FlowInfo.of(flow)
-            info.destination = None  # never counted as forwarded
+            info = self.flows[flow] = info or FlowInfo.of(flow)
+            info.destination = info.upstream = None  # never counted (nor logged) as forwarded
             self.answer(
                 flow,
                 info,
@@ -326,7 +334,9 @@ class CfGateway:
         info.model = usage.request_model(body) if body and "content-encoding" not in req.headers else None
         if info.model:
             info.model = usage.fix_model_spelling(req, info.model, info.destination.route)
-        auth.set_credentials(req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers)
+        auth.set_credentials(
+            req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers, s.drop_client_keys
+        )
         info.upstream = f"{s.base_url.origin}{info.target.partition('?')[0]}"
         info.save(flow)
         info.unmasked = True
@@ -414,9 +424,12 @@ class CfGateway:
         record = summary.flow_record(flow, info)
         if s.metrics:
             self.metrics.observe(record)
+        where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
         if record.outcome == "upstream_failed":
-            where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
             log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {record.error}")
+        elif record.outcome in ("client_closed", "failed") and not s.log_requests:  # else the line says so
+            what = "client went away" if record.outcome == "client_closed" else "client request failed"
+            log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {logs.printable(str(record.error))}")
         if s.log_requests or self.log_file:
             line = summary.format_json(record) if s.log_format == "json" else summary.format_text(record)
             if s.log_requests:

@@ -3,9 +3,15 @@ single-file script do.
 
 mitmproxy watches only the script it was given (``cf_gateway.py``) and reloads it when
 its mtime changes; the entry script drops the cached ``cfgw`` modules on every load.
-This addon closes the loop: when a file under ``cfgw/`` changes, it touches the entry
+``watch`` closes the loop: when a file under ``cfgw/`` changes, it touches the entry
 script, and mitmproxy's own reload does the rest (including failing closed while a
 broken edit is in place).
+
+The watcher is no addon, and the entry script starts it before importing the rest of
+``cfgw``: a load that fails (a syntax or import error in a module, an exception in
+``load``) registers no addon at all, and the watcher must still be there to see the
+fix. Each load starts one; it ends once the script has changed (it touched the script,
+or someone edited it), because the load that follows starts its own.
 """
 
 from __future__ import annotations
@@ -19,37 +25,44 @@ log = logging.getLogger("cf_gateway")
 
 INTERVAL = 1.0  # seconds, as mitmproxy's own script watcher
 
+_tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
 
-class ModuleReloader:
-    def __init__(self, script: str) -> None:
-        self.script = Path(script).resolve()
-        self.package = self.script.parent / "cfgw"
-        self.task: asyncio.Task | None = None
-        self.seen = self.mtimes()
 
-    def mtimes(self) -> dict[str, int]:
-        try:
-            return {p.name: p.stat().st_mtime_ns for p in self.package.glob("*.py")}
-        except OSError:
-            return {}
+def watch(script: str) -> None:
+    """Watch ``cfgw/`` next to ``script`` for this load of it; outside an event loop, nothing."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # imported by tests or tools, not loaded by mitmproxy
+    task = loop.create_task(_watch(Path(script).resolve()))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
-    def running(self) -> None:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self.watch())
 
-    def done(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
-            now = self.mtimes()
-            if now != self.seen:
-                self.seen = now
-                try:
-                    os.utime(self.script)  # mitmproxy sees a newer script and reloads it
-                except OSError as e:
-                    log.warning(f"cf-gateway: cannot reload after a module changed: {e}")
-                    return
+
+def _mtimes(package: Path) -> dict[str, int | None]:
+    try:
+        return {p.name: _mtime(p) for p in package.glob("*.py")}
+    except OSError:
+        return {}
+
+
+async def _watch(script: Path) -> None:
+    package = script.parent / "cfgw"
+    loaded, seen = _mtime(script), _mtimes(package)
+    while True:
+        await asyncio.sleep(INTERVAL)
+        if _mtime(script) != loaded:
+            return  # the script is being reloaded, and that load watches from now on
+        if _mtimes(package) != seen:
+            try:
+                os.utime(script)  # mitmproxy sees a newer script and reloads it
+            except OSError as e:
+                log.warning(f"cf-gateway: cannot reload after a module changed: {e}")
+            return

@@ -53,7 +53,7 @@ PROVIDER_ROUTES = (
     ("/v1/responses", "responses", "openai", "/openai/responses"),
     ("/responses", "responses", "openai", "/openai/responses"),
 )
-ROUTE_NAMES = ("compat", "anthropic", "openai")
+ROUTE_NAMES = ("compat", *dict.fromkeys(route for _, _, route, _ in PROVIDER_ROUTES))
 FAMILY_NAMES = ("chat", "messages", "responses", "other")
 
 

@@ -60,9 +60,9 @@ class Stash:
     def restore(self, flow: http.HTTPFlow, handle: object, replaced: frozenset[bytes]) -> None:
         """Put the real values back over their masks on a replayed request.
 
-        Headers named in ``replaced`` are about to be set afresh by the proxy (its own
-        gateway token), so their masks need no secret. Raises Unrestorable for any other
-        mask left over.
+        Headers named in ``replaced`` are set afresh by the proxy on the way out (its own
+        gateway token) or removed (dropped client keys), so their masks are dropped here and
+        need no secret. Raises Unrestorable for any other mask left over.
         """
         fields = flow.request.headers.fields
         if not any(name.lower() in auth.SECRET_NAMES and auth.is_masked(v) for name, v in fields):
@@ -73,7 +73,9 @@ class Stash:
         out = []
         for name, value in fields:
             lower = name.lower()
-            if lower in auth.SECRET_NAMES and auth.is_masked(value) and lower not in replaced:
+            if lower in replaced and auth.is_masked(value):
+                continue
+            if lower in auth.SECRET_NAMES and auth.is_masked(value):
                 match = next((i for i, (n, m, _) in enumerate(kept) if n == lower and m == value), None)
                 if match is None:
                     raise Unrestorable(name.decode("latin-1"))

@@ -84,7 +84,8 @@ def outcome_of(flow: http.HTTPFlow, info: FlowInfo) -> tuple[str, int | None]:
     if streamed and resp is not None:
         return "upstream_failed", resp.status_code  # the headers went out; the body broke off
     if "body_size_limit" in flow.error.msg:
-        return "failed", 413  # mitmproxy refused the body itself
+        # mitmproxy refused the body itself: a request's with 413, a response's with 502
+        return "failed", 413 if flow.error.msg.startswith("Request") else 502
     # mitmproxy answers the client with its own 502 when the upstream fails before the answer
     # went out, even if the upstream's status line had arrived.
     return ("upstream_failed" if info.upstream else "failed"), 502

@@ -14,7 +14,7 @@ import re
 
 from mitmproxy import http
 
-from cfgw import decoding, sse
+from cfgw import decoding, routes, sse
 from cfgw.family import Family, Usage
 
 log = logging.getLogger("cf_gateway")
@@ -144,7 +144,8 @@ def _parsed_model(body: bytes) -> tuple[str, int, int] | None:
         return None
     quoted = json.dumps(model).encode()
     spots = [m.end() for m in re.finditer(rb'"model"\s*:\s*' + re.escape(quoted), body)]
-    if len(spots) == 1:
+    # With an escaped root key ("mod\u0065l") the one literal spot is a nested key's: not the root's.
+    if len(spots) == 1 and not escaped_model_key(body):
         return model, spots[0] - len(quoted), spots[0]
     return model, -1, -1  # known, but not where: never rewritten
 
@@ -157,7 +158,7 @@ def request_model(body: bytes) -> str | None:
 
 # --- the model name on provider routes ---------------------------------------------------------
 
-PROVIDER_PREFIX = {"anthropic": "anthropic/", "openai": "openai/"}
+PROVIDER_PREFIX = {route: f"{route}/" for route in routes.ROUTE_NAMES if route != "compat"}
 """The compat spelling of a model ('anthropic/claude-sonnet-4-5') that a provider route drops."""
 
 
@@ -173,7 +174,8 @@ def fix_model_spelling(request: http.Request, model: str, route: str) -> str:
         return model  # not where we can rewrite it exactly: the provider will say what it wants
     _, start, stop = found
     bare = model[len(prefix) :]
-    request.raw_content = body[:start] + json.dumps(bare, ensure_ascii=False).encode() + body[stop:]
+    # ``content``, not ``raw_content``: only its setter updates Content-Length (the body is plain here).
+    request.content = body[:start] + json.dumps(bare, ensure_ascii=False).encode() + body[stop:]
     return bare
 
 
@@ -220,7 +222,7 @@ def parsed(body: bytes) -> object | None:
             return None
         obj, _ = json.JSONDecoder().raw_decode(body[m.end() : m.end() + _HEAD].decode("utf-8", "replace"))
         return {"usage": obj}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the json module
         return None
 
 
