@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.harness import ADDON, ROOT, UNSERVABLE, clean_env, wait_for_port
 from tests.standin_gateway import StandinGateway
 
-
 WEB_COLUMNS = ("icon", "method", "status", "comment", "path", "size", "time")  # as run.sh web
 
 
