@@ -11,6 +11,7 @@ from mitmproxy import http
 from mitmproxy.net import encoding
 
 from cfgw import decoding
+from cfgw import recorder as recorder_mod
 from cfgw.family import Usage
 from cfgw.family_chat import CHAT
 from cfgw.family_messages import FAMILY as MESSAGES
@@ -167,19 +168,49 @@ def test_zero_limit_keeps_nothing_but_counts_everything():
     assert rec.body() == b""
     assert rec.delivered == len(sse_body())
     assert rec.dropped == rec.delivered
-    assert rec.scanner.usage == Usage(3, 5, 8)  # usage is still counted for the log line
+    assert rec.usage == Usage(3, 5, 8)  # usage is still counted for the log line
 
 
 @pytest.mark.parametrize("name", FAMILY_STREAMS)
-def test_usage_of_each_family_is_read_as_the_stream_passes(name):
+def test_usage_of_each_family_is_read_at_the_end_of_a_small_stream(name):
     family, body, usage = FAMILY_STREAMS[name]
     rec = Recorder(1 << 20, family)
     for c in pieces(body, 11):
         rec(c)
-    assert rec.scanner.usage == usage  # every event ended with its blank line: no finish() needed
+    assert rec.scanner is None and rec.usage is None  # nothing parsed while the stream passes
     rec.finish()
-    assert rec.scanner.usage == usage
+    assert rec.usage == usage
     assert rec.body() == body
+
+
+@pytest.mark.parametrize("name", FAMILY_STREAMS)
+def test_a_stream_beyond_the_lazy_scan_is_read_as_it_passes(name, monkeypatch):
+    family, body, usage = FAMILY_STREAMS[name]
+    monkeypatch.setattr(recorder_mod, "LAZY_SCAN", len(body) // 3)
+    rec = Recorder(1 << 20, family)
+    parts = pieces(body, 7)
+    for c in parts:
+        rec(c)
+    assert rec.scanner is not None  # switched on once the record passed LAZY_SCAN
+    assert rec.scanner.usage == usage  # every event ended with its blank line: read on the way
+    rec.finish()
+    assert rec.usage == usage and rec.body() == body
+
+
+def test_past_the_record_limit_usage_is_still_exact():
+    body = sse_body(n_events=50)
+    rec = Recorder(100, CHAT)  # the usage event is far past what is kept
+    for c in pieces(body, 13):
+        rec(c)
+    rec.finish()
+    assert len(rec.body()) == 100 and rec.usage == Usage(3, 5, 8)
+
+
+def test_a_broken_stream_does_not_count_its_unterminated_last_event():
+    rec = Recorder(1 << 20, CHAT)
+    rec(sse_body(final_newline=False))
+    rec.finish(complete=False)
+    assert rec.usage is None
 
 
 def test_the_recorder_reads_usage_with_the_family_it_was_given():
@@ -191,18 +222,17 @@ def test_the_recorder_reads_usage_with_the_family_it_was_given():
 def usage_of(rec: Recorder, body: bytes) -> Usage | None:
     rec(body)
     rec.finish()
-    return rec.scanner.usage
+    return rec.usage
 
 
 def test_end_of_stream_parses_a_last_event_without_blank_line():
     rec = Recorder(1 << 20, CHAT)
     for c in pieces(sse_body(final_newline=False), 11):
         rec(c)
-    assert rec.scanner.usage is None  # the last event is still pending
     rec(b"")  # mitmproxy's end-of-stream call is not the end marker...
-    assert rec.scanner.usage is None
+    assert rec.usage is None
     rec.finish()  # ...the response hook's finish() is
-    assert rec.scanner.usage == Usage(3, 5, 8)
+    assert rec.usage == Usage(3, 5, 8)
 
 
 def test_empty_chunk_mid_stream_does_not_end_the_stream():
@@ -216,7 +246,7 @@ def test_empty_chunk_mid_stream_does_not_end_the_stream():
     rec(b"")
     rec.finish()
     assert rec.body() == body
-    assert rec.scanner.usage == Usage(3, 5, 8)
+    assert rec.usage == Usage(3, 5, 8)
 
 
 @pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "deflate"])
@@ -233,8 +263,8 @@ def test_encoded_stream_recorded_as_sent_and_decodable(coding):
     resp.raw_content = rec.body()
     assert resp.get_content() == plain
     decodable = coding != "br" or br_decodes()
-    assert rec.scanner.usage == (Usage(3, 5, 8) if decodable else None)
-    assert rec.scanner.disabled is not decodable
+    assert rec.usage == (Usage(3, 5, 8) if decodable else None)
+    assert rec.scanner is not None and rec.scanner.disabled is not decodable  # compressed: per chunk
 
 
 @pytest.mark.parametrize("coding", ["x-unknown", "gzip, gzip"])
@@ -244,7 +274,7 @@ def test_unknown_or_stacked_encoding_still_relays_and_records(coding):
     rec(b"")
     rec.finish()
     assert rec.body() == b"\x00\x01garbage"
-    assert rec.scanner.usage is None and rec.scanner.disabled
+    assert rec.usage is None and rec.scanner.disabled
 
 
 def test_corrupt_encoded_stream_still_relays_and_records():
@@ -253,7 +283,7 @@ def test_corrupt_encoded_stream_still_relays_and_records():
     assert rec(junk) == junk
     rec.finish()
     assert rec.body() == junk
-    assert rec.scanner.usage is None and rec.scanner.disabled
+    assert rec.usage is None and rec.scanner.disabled
 
 
 def test_finish_twice_is_harmless():
@@ -261,4 +291,4 @@ def test_finish_twice_is_harmless():
     rec(sse_body(final_newline=False))
     rec.finish()
     rec.finish()
-    assert rec.scanner.usage == Usage(3, 5, 8)
+    assert rec.usage == Usage(3, 5, 8)

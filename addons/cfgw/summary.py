@@ -98,7 +98,7 @@ def flow_record(flow: http.HTTPFlow, info: FlowInfo) -> FlowRecord:
     ttfb_at = resp.timestamp_start if resp else None
     size: int | None = None
     if recorder is not None:
-        usage = recorder.scanner.usage
+        usage = recorder.usage
         size = recorder.delivered
         ttfb_at = recorder.first_chunk_at or ttfb_at
     elif resp is not None and resp.raw_content is not None:
