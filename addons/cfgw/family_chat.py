@@ -15,10 +15,22 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from cfgw import transcript
 from cfgw.family import Family, Usage, count
 from cfgw.sse import Event
-from cfgw.transcript import args, clip, short_url
+from cfgw.transcript import (
+    args,
+    clip,
+    content_part,
+    content_text,
+    described,
+    header,
+    j,
+    openai_usage_line,
+    param_names,
+    request_head,
+    s,
+    short_url,
+)
 
 __all__ = [
     "CHAT",
@@ -136,83 +148,46 @@ _MAX_PARAM = 1000  # characters of one request parameter's value
 _MAX_CHOICES = 1000  # distinct choice indexes assembled from a stream (each costs memory)
 
 
-def _j(v: Any) -> str:
-    """transcript.j, also for structures nested too deep to encode."""
-    try:
-        return transcript.j(v)
-    except RecursionError:
-        return "<too deeply nested>"
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
-def _s(v: Any) -> str:
-    """transcript.s with the same guard."""
-    return v if isinstance(v, str) else _j(v)
-
-
-def _part(part: Any) -> str:
-    """One element of multi-part content: text verbatim, media as a ``<type ...>`` tag."""
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, dict):
-        return _j(part)
-    typ = part.get("type")
-    if typ in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
-        return part["text"]
-    if typ == "refusal" and isinstance(part.get("refusal"), str):
-        return f"refusal: {part['refusal']}"
+def _media(typ: Any, part: dict) -> str | None:
+    """Chat's own media parts as tags: ``<image_url ... detail=low>``, ``<file name>``; None for others."""
     if typ == "image_url":
         img = part.get("image_url")
         if isinstance(img, dict):
             tag = f"<image_url {short_url(img.get('url'))}"
             if img.get("detail"):
-                tag += f" detail={_s(img['detail'])}"
+                tag += f" detail={s(img['detail'])}"
             return tag + ">"
         return f"<image_url {short_url(img)}>"
-    if typ == "input_audio":
-        audio = part.get("input_audio")
-        fmt = audio.get("format") if isinstance(audio, dict) else None
-        return f"<input_audio format={_s(fmt)}>" if fmt else "<input_audio>"
     if typ == "file":
         f = part.get("file")
         name = (f.get("filename") or f.get("file_id")) if isinstance(f, dict) else None
-        return f"<file {_s(name)}>" if name else "<file>"
-    return f"<{_s(typ) if typ else 'part'}>"
+        return f"<file {s(name)}>" if name else "<file>"
+    return None
 
 
-def _content(content: Any) -> str | None:
-    """Message content as text; None when absent."""
-    if content is None:
-        return None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(_part(p) for p in content)
-    return _j(content)
-
-
-def _arguments(arguments: Any) -> str:
-    """transcript.args with the nesting guard."""
-    try:
-        return args(arguments)
-    except RecursionError:
-        return "<too deeply nested>"
+def _part(part: Any) -> str:
+    """One element of multi-part content: text verbatim, media as a ``<type ...>`` tag (never cut)."""
+    return content_part(part, _TEXT_PARTS, _media, limit=None)
 
 
 def _call(name: Any, arguments: Any) -> str:
     """``name(arguments)`` with the arguments as sent, cut when long."""
-    return f"{_s(name or '?')}({clip(_arguments(arguments))})"
+    return f"{s(name or '?')}({clip(args(arguments))})"
 
 
 def _tool_call_line(call: Any) -> str:
     """``→ tool call <id>: <name>(<arguments>)`` for one entry of ``tool_calls``."""
     if not isinstance(call, dict):
-        return f"→ tool call: {clip(_j(call))}"
+        return f"→ tool call: {clip(j(call))}"
     fn = call.get("function")
     fn = fn if isinstance(fn, dict) else {}
     name = fn.get("name")
     if name is None and call.get("type") not in (None, "function"):
         name = call.get("type")  # e.g. custom tools
-    return f"→ tool call {_s(call.get('id') or '?')}: {_call(name, fn.get('arguments'))}"
+    return f"→ tool call {s(call.get('id') or '?')}: {_call(name, fn.get('arguments'))}"
 
 
 def _reasoning(msg: dict) -> str | None:
@@ -233,7 +208,7 @@ def _message_lines(msg: dict) -> list[str]:
     reasoning = _reasoning(msg)
     if reasoning is not None:
         out += ["<reasoning>", clip(reasoning), "</reasoning>"]
-    text = _content(msg.get("content"))
+    text = content_text(msg.get("content"), _part)
     if text:
         out.append(clip(text))
     refusal = msg.get("refusal")
@@ -247,7 +222,7 @@ def _message_lines(msg: dict) -> list[str]:
         out.append(f"→ function call: {_call(fc.get('name'), fc.get('arguments'))}")
     audio = msg.get("audio")
     if isinstance(audio, dict):
-        out.append(f"<audio {_s(audio['id'])}>" if audio.get("id") else "<audio>")
+        out.append(f"<audio {s(audio['id'])}>" if audio.get("id") else "<audio>")
     if not out:
         out.append("(empty)" if text == "" else "(no content)")
     return out
@@ -255,46 +230,21 @@ def _message_lines(msg: dict) -> list[str]:
 
 def _reply(index: Any, msg: dict, finish: Any, show_index: bool) -> list[str]:
     """One choice of a response or stream: role tag, the message, finish reason."""
-    tag = f"[{_s(msg.get('role') or 'assistant')}]" + (f" choice {_s(index)}" if show_index else "")
+    tag = f"[{s(msg.get('role') or 'assistant')}]" + (f" choice {s(index)}" if show_index else "")
     out = [tag, *_message_lines(msg)]
     if finish is not None:
-        out.append(f"finish_reason: {_s(finish)}")
+        out.append(f"finish_reason: {s(finish)}")
     return out
-
-
-def _total(u: Usage) -> int | None:
-    """OpenAI's total: the reported one, else prompt + completion (cached tokens are part of prompt)."""
-    if u.total_tokens is not None or (u.input_tokens is None and u.output_tokens is None):
-        return u.total_tokens
-    return (u.input_tokens or 0) + (u.output_tokens or 0)
 
 
 def usage_line(u: Usage | None) -> str | None:
     """``usage: prompt 12 · completion 34 · total 46 (cached 8)`` (``?`` for missing counts)."""
-    if u is None:
-        return None
-    n = transcript.count
-    line = f"usage: prompt {n(u.input_tokens)} · completion {n(u.output_tokens)} · total {n(_total(u))}"
-    details = (("cached", u.cached_tokens), ("reasoning", u.reasoning_tokens))
-    extra = [f"{label} {v}" for label, v in details if v]
-    if extra:
-        line += " (" + ", ".join(extra) + ")"
-    return line
-
-
-def _header(obj: dict) -> list[str]:
-    """``model:`` and ``id:`` lines shared by responses and streams."""
-    out = []
-    if obj.get("model") is not None:
-        out.append(f"model: {_s(obj['model'])}")
-    if obj.get("id") is not None:
-        out.append(f"id: {_s(obj['id'])}")
-    return out
+    return openai_usage_line(u, "prompt", "completion")
 
 
 def _json_text(obj: Any) -> str:
     """Best effort for a body that is not what a renderer expects: one line of JSON, cut when long."""
-    return clip(_j(obj)) + "\n"
+    return clip(j(obj)) + "\n"
 
 
 # --- requests ------------------------------------------------------------------------
@@ -305,44 +255,34 @@ _NOT_PARAMS = frozenset({"model", "messages", "tools", "functions"})
 def _tool_def(tool: Any) -> str:
     """``tool <name>(<param names>) — <description>`` for a tool/function definition."""
     if not isinstance(tool, dict):
-        return f"tool {clip(_j(tool), _MAX_PARAM)}"
+        return f"tool {clip(j(tool), _MAX_PARAM)}"
     fn = tool.get("function")
     fn = fn if isinstance(fn, dict) else tool
     name = fn.get("name") or tool.get("type") or "?"
-    params = fn.get("parameters")
-    props = params.get("properties") if isinstance(params, dict) else None
-    names = ", ".join(str(k) for k in props) if isinstance(props, dict) else ""
-    line = f"tool {_s(name)}({names})"
-    desc = fn.get("description")
-    if isinstance(desc, str) and desc.strip():
-        line += f" — {clip(' '.join(desc.split()), _MAX_PARAM)}"
-    return line
+    line = f"tool {s(name)}({param_names(fn.get('parameters'), limit=None)})"
+    return described(line, fn.get("description"), _MAX_PARAM)
+
+
+def _param_value(v: Any) -> str:
+    """A request parameter's value (``stream=true``), cut at _MAX_PARAM."""
+    return clip(s(v), _MAX_PARAM)
 
 
 def _request_tag(msg: dict) -> str:
     """``[role]``, ``[tool <call id>]``, ``[function <name>]`` or ``[user] name=alice``."""
-    role = _s(msg.get("role") or "?")
+    role = s(msg.get("role") or "?")
     if role == "tool":
-        return f"[tool {_s(msg.get('tool_call_id') or '?')}]"
+        return f"[tool {s(msg.get('tool_call_id') or '?')}]"
     if role == "function":
-        return f"[function {_s(msg.get('name') or '?')}]"
-    return f"[{role}]" + (f" name={_s(msg['name'])}" if msg.get("name") else "")
+        return f"[function {s(msg.get('name') or '?')}]"
+    return f"[{role}]" + (f" name={s(msg['name'])}" if msg.get("name") else "")
 
 
 def render_request(obj: dict) -> str:
     """A chat/completions request: model, params, tools, then each message of the conversation."""
     if not isinstance(obj, dict):
         return _json_text(obj)
-    out = []
-    if obj.get("model") is not None:
-        out.append(f"model: {_s(obj['model'])}")
-    params = [f"{k}={clip(_s(v), _MAX_PARAM)}" for k, v in obj.items() if k not in _NOT_PARAMS]
-    if params:
-        out.append("params: " + " · ".join(params))
-    tools = [t for key in ("tools", "functions") if isinstance(obj.get(key), list) for t in obj[key]]
-    if tools:
-        out.append("tools:")
-        out += ["  " + _tool_def(t) for t in tools]
+    out = request_head(obj, _NOT_PARAMS, _param_value, _tool_def, ("tools", "functions"), limit=None)
     messages = obj.get("messages")
     if isinstance(messages, list):
         for msg in messages:
@@ -350,7 +290,7 @@ def render_request(obj: dict) -> str:
             if isinstance(msg, dict):
                 out += [_request_tag(msg), *_message_lines(msg)]
             else:
-                out += ["[?]", clip(_j(msg))]
+                out += ["[?]", clip(j(msg))]
     return "\n".join(out) + "\n"
 
 
@@ -361,12 +301,12 @@ def render_response(obj: dict) -> str:
     """A chat.completion: model, id, usage, error, then each choice."""
     if not isinstance(obj, dict):
         return _json_text(obj)
-    out = _header(obj)
+    out = header(obj, limit=None)
     u = usage_line(usage_of(obj.get("usage")))
     if u:
         out.append(u)
     if obj.get("error") is not None:
-        out.append(f"error: {clip(_s(obj['error']))}")
+        out.append(f"error: {clip(s(obj['error']))}")
     choices = obj.get("choices")
     choices = choices if isinstance(choices, list) else []
     for pos, ch in enumerate(choices):
@@ -495,7 +435,7 @@ def _merge(call: _ToolCall, fn: dict) -> None:
     if fn.get("name") and not call.name:
         call.name = fn["name"]
     if fn.get("arguments") is not None:
-        call.arguments.append(_arguments(fn["arguments"]))
+        call.arguments.append(args(fn["arguments"]))
 
 
 _DONE = object()  # the data: [DONE] sentinel
@@ -542,7 +482,7 @@ def render_stream(events: Iterable[Event]) -> str:
                 first = chunk
             usage = usage_of(chunk.get("usage")) or usage
             if chunk.get("error") is not None:
-                errors.append(clip(_s(chunk["error"])))
+                errors.append(clip(s(chunk["error"])))
             chs = chunk.get("choices")
             if not isinstance(chs, list):
                 continue
@@ -564,7 +504,7 @@ def render_stream(events: Iterable[Event]) -> str:
                 if ch.get("finish_reason") is not None:
                     acc.finish = ch["finish_reason"]
 
-    out = _header(first or {})
+    out = header(first or {}, limit=None)
     u = usage_line(usage)
     if u:
         out.append(u)
@@ -636,7 +576,7 @@ CHAT = Family(
 
 def _events_text(events: Iterable[Event]) -> str:
     """Each event's data on a line of its own (no OpenAI-compat path but chat streams)."""
-    return "".join(clip(_s(getattr(ev, "data", ""))) + "\n" for ev in events)
+    return "".join(clip(s(getattr(ev, "data", ""))) + "\n" for ev in events)
 
 
 def _never(obj: Any) -> bool:

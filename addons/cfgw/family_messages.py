@@ -182,40 +182,19 @@ class MessagesStreamUsage:
 
 # --- rendering helpers -----------------------------------------------------------
 
-_MAX_SHORT = 200  # ids, names, media types
-_MAX_PARAM = 500  # one request parameter's value
+_MAX_PARAM = 500  # one request parameter's value (ids, names and media types: transcript.MAX_LABEL)
 _MAX_DESC = 300  # a tool's description (Claude Code sends kilobytes per tool)
 
 
-def _json(v: Any) -> str:
-    """transcript.j, also for structures nested too deep to encode."""
-    try:
-        return tx.j(v)
-    except RecursionError:
-        return "<too deeply nested>"
-
-
-def _short(v: Any) -> str:
-    """An id/name/type: strings as-is, anything else as JSON, cut short."""
-    return tx.clip(v if isinstance(v, str) else _json(v), _MAX_SHORT)
-
-
-def _text(v: Any) -> str:
-    """Block text, cut at transcript.MAX_TEXT."""
-    return tx.clip(v if isinstance(v, str) else _json(v))
-
-
 def _option(v: Any) -> str:
-    """A typed option such as ``thinking`` or ``tool_choice``: ``enabled(budget_tokens=2000)``, ``auto``."""
+    """A typed option such as ``thinking`` or ``tool_choice``: ``enabled(budget_tokens=2000)``, ``auto``.
+
+    Any other parameter value as in the chat view (``stream=true``), cut at _MAX_PARAM.
+    """
     if isinstance(v, dict) and isinstance(v.get("type"), str):
-        rest = ", ".join(f"{_short(k)}={_param_value(x)}" for k, x in v.items() if k != "type")
-        return f"{_short(v['type'])}({rest})" if rest else _short(v["type"])
-    return _param_value(v)
-
-
-def _param_value(v: Any) -> str:
-    """A request parameter's value, as in the chat view (``stream=true``), cut short."""
-    return tx.clip(v if isinstance(v, str) else _json(v), _MAX_PARAM)
+        rest = ", ".join(f"{tx.label(k)}={tx.label(x, _MAX_PARAM)}" for k, x in v.items() if k != "type")
+        return f"{tx.label(v['type'])}({rest})" if rest else tx.label(v["type"])
+    return tx.label(v, _MAX_PARAM)
 
 
 def _media(kind: str, block: dict) -> str:
@@ -225,25 +204,25 @@ def _media(kind: str, block: dict) -> str:
     if isinstance(src, dict):
         st = src.get("type")
         if src.get("media_type") is not None:
-            tag += f" media_type={_short(src['media_type'])}"
+            tag += f" media_type={tx.label(src['media_type'])}"
         data = src.get("data")
         if st == "base64":
             tag += f" ({len(data) if isinstance(data, str) else '?'} chars base64)"
         elif st == "url":
             tag += f" url={tx.short_url(src.get('url'))}"
         elif st == "file":
-            tag += f" file_id={_short(src.get('file_id'))}"
+            tag += f" file_id={tx.label(src.get('file_id'))}"
         elif st == "text":
             tag += f" text ({len(data) if isinstance(data, str) else '?'} chars)"
         elif st == "content":
             content = src.get("content")
             tag += f" content ({len(content) if isinstance(content, list | str) else '?'} parts)"
         elif st is not None:
-            tag += f" source={_short(st)}"
+            tag += f" source={tx.label(st)}"
     elif src is not None:
-        tag += f" source={_short(src)}"
+        tag += f" source={tx.label(src)}"
     if isinstance(block.get("title"), str):
-        tag += f" title={_short(block['title'])}"
+        tag += f" title={tx.label(block['title'])}"
     return tag + ">"
 
 
@@ -252,9 +231,9 @@ def _cache_mark(block: dict) -> str | None:
     cc = block.get("cache_control")
     if not isinstance(cc, dict):
         return None
-    tag = f"<cache_control {_short(cc.get('type') or '?')}"
+    tag = f"<cache_control {tx.label(cc.get('type') or '?')}"
     if cc.get("ttl") is not None:
-        tag += f" ttl={_short(cc['ttl'])}"
+        tag += f" ttl={tx.label(cc['ttl'])}"
     return tag + ">"
 
 
@@ -265,42 +244,37 @@ _MAX_DEPTH = 2  # tool results inside tool results: deeper ones are shown as JSO
 def _block(block: Any, depth: int = 0) -> list[str]:
     """One content block as transcript lines; results nested in results are shown as JSON."""
     if isinstance(block, str):
-        return [_text(block)]
+        return [tx.clip(block)]
     if not isinstance(block, dict) or depth > _MAX_DEPTH:
-        return [_json_clipped(block)]
+        return [tx.clip(tx.j(block))]
     typ = block.get("type")
     if not isinstance(typ, str):
         typ = None
     out: list[str]
     if typ == "text":
-        out = [_text(block.get("text"))]
+        out = [tx.clip(tx.s(block.get("text")))]
     elif typ in ("image", "document"):
         out = [_media(typ, block)]
     elif typ in _CALLS:
-        call = f"{_short(block.get('id') or '?')}: {_short(block.get('name') or '?')}({_input(block)})"
+        call = f"{tx.label(block.get('id') or '?')}: {tx.label(block.get('name') or '?')}({_input(block)})"
         out = [f"→ {typ} {call}"]
     elif typ is not None and (typ == "tool_result" or typ.endswith("_tool_result")):
-        head = f"← {typ} {_short(block.get('tool_use_id') or '?')}"
+        head = f"← {typ} {tx.label(block.get('tool_use_id') or '?')}"
         if block.get("is_error") is True:
             head += " (error)"
         body = _result_content(block.get("content"), depth + 1)
         out = [f"{head}: {body}" if body else head]
     elif typ == "thinking":
-        out = ["<thinking>", _text(block.get("thinking")), "</thinking>"]
+        out = ["<thinking>", tx.clip(tx.s(block.get("thinking"))), "</thinking>"]
     elif typ == "redacted_thinking":
         data = block.get("data")
         out = [f"<redacted_thinking ({len(data) if isinstance(data, str) else '?'} chars)>"]
     else:
-        out = [f"<{_short(typ or block.get('type') or 'block')}>"]
+        out = [f"<{tx.label(typ or block.get('type') or 'block')}>"]
     mark = _cache_mark(block)
     if mark:
         out.append(mark)
     return out
-
-
-def _json_clipped(v: Any) -> str:
-    """A value shown as JSON, cut at transcript.MAX_TEXT."""
-    return tx.clip(_json(v))
 
 
 def _input(block: dict) -> str:
@@ -308,7 +282,7 @@ def _input(block: dict) -> str:
     v = block.get("input")
     if isinstance(v, str):
         return tx.clip(v)
-    return "" if v is None else _json_clipped(v)
+    return "" if v is None else tx.clip(tx.j(v))
 
 
 def _result_content(content: Any, depth: int) -> str:
@@ -316,10 +290,10 @@ def _result_content(content: Any, depth: int) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return _text(content)
+        return tx.clip(content)
     if isinstance(content, list):
         return "\n".join(line for b in content for line in _block(b, depth))
-    return _json_clipped(content)
+    return tx.clip(tx.j(content))
 
 
 def _content(content: Any) -> list[str]:
@@ -327,10 +301,10 @@ def _content(content: Any) -> list[str]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [_text(content)] if content else []
+        return [tx.clip(content)] if content else []
     if isinstance(content, list):
         return [line for b in content for line in _block(b)]
-    return [_json_clipped(content)]
+    return [tx.clip(tx.j(content))]
 
 
 def _usage_line(u: Usage | None) -> str | None:
@@ -345,41 +319,35 @@ def _usage_line(u: Usage | None) -> str | None:
     return line
 
 
-def _header(obj: dict) -> list[str]:
-    """``model:`` and ``id:`` lines, as in the chat view."""
-    out = []
-    if obj.get("model") is not None:
-        out.append(f"model: {_short(obj['model'])}")
-    if obj.get("id") is not None:
-        out.append(f"id: {_short(obj['id'])}")
-    return out
-
-
 def _error_line(err: Any) -> str:
     """``error: overloaded_error: Overloaded`` for an Anthropic error object."""
     if isinstance(err, dict) and ("type" in err or "message" in err):
-        parts = [_short(err[k]) if k == "type" else _text(err[k]) for k in ("type", "message") if k in err]
+        parts = [
+            tx.label(err[k]) if k == "type" else tx.clip(tx.s(err[k]))
+            for k in ("type", "message")
+            if k in err
+        ]
         return "error: " + ": ".join(parts)
-    return f"error: {_json_clipped(err)}"
+    return f"error: {tx.clip(tx.j(err))}"
 
 
 def _reply(role: Any, content: Any, stop_reason: Any, stop_sequence: Any) -> list[str]:
     """The assistant turn: role tag, blocks, stop reason."""
-    out = [f"[{_short(role or 'assistant')}]"]
+    out = [f"[{tx.label(role or 'assistant')}]"]
     out += _content(content)
     if len(out) == 1:
         out.append("(no content)")
     if stop_reason is not None:
-        line = f"stop_reason: {_short(stop_reason)}"
+        line = f"stop_reason: {tx.label(stop_reason)}"
         if stop_sequence is not None:
-            line += f" ({_json(stop_sequence)[:_MAX_SHORT]})"
+            line += f" ({tx.j(stop_sequence)[: tx.MAX_LABEL]})"
         out.append(line)
     return out
 
 
 def _not_an_object(obj: Any) -> str:
     """What the renderers show for a body that is not a JSON object (they never raise)."""
-    return f"(not a JSON object) {_json_clipped(obj)}\n"
+    return f"(not a JSON object) {tx.clip(tx.j(obj))}\n"
 
 
 # --- requests ----------------------------------------------------------------------
@@ -390,27 +358,22 @@ _NOT_PARAMS = frozenset({"model", "messages", "system", "tools"})
 def _tool_def(tool: Any) -> str:
     """``tool <name>(<input_schema property names>) — <description>``; server tools show their type."""
     if not isinstance(tool, dict):
-        return f"tool {_json(tool)[:_MAX_SHORT]}"
+        return f"tool {tx.j(tool)[: tx.MAX_LABEL]}"
     schema = tool.get("input_schema")
-    props = schema.get("properties") if isinstance(schema, dict) else None
-    names = ", ".join(_short(k) for k in props) if isinstance(props, dict) else ""
-    line = f"tool {_short(tool.get('name') or '?')}"
+    line = f"tool {tx.label(tool.get('name') or '?')}"
     typ = tool.get("type")
     if typ is None or typ == "custom" or isinstance(schema, dict):
-        line += f"({names})"
+        line += f"({tx.param_names(schema)})"
     if typ is not None and typ != "custom":
-        line += f" [{_short(typ)}]"  # a server tool such as web_search_20250305
-    desc = tool.get("description")
-    if isinstance(desc, str) and desc.strip():
-        line += " — " + tx.clip(" ".join(desc.split()), _MAX_DESC)
-    return line
+        line += f" [{tx.label(typ)}]"  # a server tool such as web_search_20250305
+    return tx.described(line, tool.get("description"), _MAX_DESC)
 
 
 def _message(msg: Any) -> list[str]:
     """One request message as a role-tagged block."""
     if not isinstance(msg, dict):
-        return ["[?]", _json_clipped(msg)]
-    out = [f"[{_short(msg.get('role') or '?')}]"]
+        return ["[?]", tx.clip(tx.j(msg))]
+    out = [f"[{tx.label(msg.get('role') or '?')}]"]
     content = msg.get("content")
     out += _content(content)
     if len(out) == 1:
@@ -422,16 +385,7 @@ def render_request(obj: dict) -> str:
     """A /v1/messages (or count_tokens) request: model, params, tools, system, then each message."""
     if not isinstance(obj, dict):
         return _not_an_object(obj)
-    out = []
-    if obj.get("model") is not None:
-        out.append(f"model: {_short(obj['model'])}")
-    params = [f"{_short(k)}={_option(v)}" for k, v in obj.items() if k not in _NOT_PARAMS]
-    if params:
-        out.append("params: " + " · ".join(params))
-    tools = obj.get("tools")
-    if isinstance(tools, list) and tools:
-        out.append("tools:")
-        out += ["  " + _tool_def(t) for t in tools]
+    out = tx.request_head(obj, _NOT_PARAMS, _option, _tool_def)
     system = obj.get("system")
     if system is not None:
         out += ["", "[system]", *(_content(system) or ["(empty)"])]
@@ -450,7 +404,7 @@ def render_response(obj: dict) -> str:
     """A ``message`` body (or an error, or a count_tokens answer) as a transcript."""
     if not isinstance(obj, dict):
         return _not_an_object(obj)
-    out = _header(obj)
+    out = tx.header(obj)
     u = _usage_line(usage_from_json(obj) if "usage" in obj else None)
     if u:
         out.append(u)
@@ -564,7 +518,7 @@ def render_stream(events: Iterable[Event]) -> str:
         elif kind == "error":
             errors.append(_error_line(obj.get("error")))
 
-    out = _header(message)
+    out = tx.header(message)
     u = _usage_line(reader.usage)
     if u:
         out.append(u)

@@ -16,8 +16,22 @@ from typing import Any
 from cfgw.family import Family, Usage, count
 from cfgw.family_chat import openai_error_body
 from cfgw.sse import Event
-from cfgw.transcript import args, clip, j, s, short_url
-from cfgw.transcript import count as num
+from cfgw.transcript import (
+    MAX_LABEL,
+    args,
+    clip,
+    content_part,
+    content_text,
+    described,
+    header,
+    j,
+    label,
+    openai_usage_line,
+    param_names,
+    request_head,
+    s,
+    short_url,
+)
 
 __all__ = [
     "FAMILY",
@@ -37,7 +51,6 @@ _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.fa
 _STARTED = frozenset({"response.created", "response.in_progress", "response.queued"})
 _TERMINAL_TYPE = re.compile(r'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
 """For servers that omit ``event:`` lines: a terminal event's data names its type."""
-_MAX_LABEL = 200  # characters of an id, name, role or param value shown inline
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 _NOT_PARAMS = frozenset({"model", "input", "instructions", "tools"})
 
@@ -94,67 +107,33 @@ class ResponsesStreamUsage:
 
 def usage_line(usage: Any) -> str | None:
     """``usage: input 81 · output 15 · total 96 (cached 8, reasoning 4)`` (``?`` for missing counts)."""
-    u = _usage(usage)
-    if u is None:
-        return None
-    total = u.total_tokens
-    if total is None and (u.input_tokens is not None or u.output_tokens is not None):
-        total = (u.input_tokens or 0) + (u.output_tokens or 0)  # cached tokens are part of input
-    line = f"usage: input {num(u.input_tokens)} · output {num(u.output_tokens)} · total {num(total)}"
-    details = (("cached", u.cached_tokens), ("reasoning", u.reasoning_tokens))
-    extra = [f"{label} {n}" for label, n in details if n]
-    return line + (" (" + ", ".join(extra) + ")" if extra else "")
+    return openai_usage_line(_usage(usage), "input", "output")
 
 
 # --- items (shared by request input and response output) ------------------------------
 
 
-def _label(v: Any) -> str:
-    """An id, name or role inline: strings as-is, anything else as JSON, cut short."""
-    return clip(s(v), _MAX_LABEL)
+def _media(typ: Any, part: dict) -> str | None:
+    """The Responses media parts as tags: ``<input_image URL detail=low>``, ``<input_file name>``."""
+    if typ == "input_image":
+        src = part.get("image_url") or part.get("file_id")
+        tag = "<input_image" + (f" {short_url(src)}" if src else "")
+        return tag + (f" detail={label(part['detail'])}>" if part.get("detail") else ">")
+    if typ == "input_file":
+        name = part.get("filename") or part.get("file_id") or part.get("file_url")
+        return f"<input_file {short_url(name)}>" if name else "<input_file>"
+    return None
 
 
 def _part(part: Any) -> str:
     """One content part: text verbatim, media as a short ``<input_image ...>`` tag."""
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, dict):
-        return clip(j(part), _MAX_LABEL)
-    typ = part.get("type")
-    text = part.get("text")
-    if isinstance(typ, str) and typ in _TEXT_PARTS and isinstance(text, str):
-        return text
-    if typ == "refusal" and isinstance(part.get("refusal"), str):
-        return f"refusal: {part['refusal']}"
-    if typ == "input_image":
-        src = part.get("image_url") or part.get("file_id")
-        tag = "<input_image" + (f" {short_url(src)}" if src else "")
-        return tag + (f" detail={_label(part['detail'])}>" if part.get("detail") else ">")
-    if typ == "input_file":
-        name = part.get("filename") or part.get("file_id") or part.get("file_url")
-        return f"<input_file {short_url(name)}>" if name else "<input_file>"
-    if typ == "input_audio":
-        audio = part.get("input_audio")
-        fmt = audio.get("format") if isinstance(audio, dict) else None
-        return f"<input_audio format={_label(fmt)}>" if fmt else "<input_audio>"
-    return f"<{_label(typ) if typ else 'part'}>"
-
-
-def _content(content: Any) -> str | None:
-    """Message content (a string or a list of parts) as text; None when absent."""
-    if content is None:
-        return None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(_part(p) for p in content)
-    return j(content)
+    return content_part(part, _TEXT_PARTS, _media)
 
 
 def _message_block(item: dict) -> list[str]:
     """``[role]`` then the content; output messages are the assistant's."""
-    out = [f"[{_label(item.get('role') or '?')}]"]
-    text = _content(item.get("content"))
+    out = [f"[{label(item.get('role') or '?')}]"]
+    text = content_text(item.get("content"), _part)
     if text:
         out.append(clip(text))
     if len(out) == 1:
@@ -180,29 +159,27 @@ def _reasoning_block(item: dict) -> list[str]:
 
 
 def _output_text(output: Any) -> str:
-    """A tool result: a string, or a list of content parts."""
-    if isinstance(output, list):
-        return "\n".join(_part(p) for p in output)
-    return args(output)
+    """A tool result: a string, or a list of content parts ('' when absent)."""
+    return content_text(output, _part) or ""
 
 
 def _item_block(item: Any) -> list[str]:
     """One input or output item: a message, a call, a call's output, reasoning, or a short tag."""
     if not isinstance(item, dict):
-        return ["[?]", clip(j(item), _MAX_LABEL)]
+        return ["[?]", clip(j(item), MAX_LABEL)]
     typ = item.get("type")
     if typ == "message" or (typ is None and "role" in item):
         return _message_block(item)
-    call_id = _label(item.get("call_id") or "?")
+    call_id = label(item.get("call_id") or "?")
     if typ in ("function_call", "custom_tool_call"):
         call_args = item.get("arguments") if typ == "function_call" else item.get("input")
-        return [f"→ {typ} {call_id}: {_label(item.get('name') or '?')}({clip(args(call_args))})"]
+        return [f"→ {typ} {call_id}: {label(item.get('name') or '?')}({clip(args(call_args))})"]
     if typ in ("function_call_output", "custom_tool_call_output"):
         return [f"← {typ} {call_id}: {clip(_output_text(item.get('output')))}"]
     if typ == "reasoning":
         return _reasoning_block(item)
-    tag = _label(typ) if typ else "item"
-    return [f"<{tag} {_label(item['id'])}>" if item.get("id") else f"<{tag}>"]
+    tag = label(typ) if typ else "item"
+    return [f"<{tag} {label(item['id'])}>" if item.get("id") else f"<{tag}>"]
 
 
 def _items(items: Iterable[Any]) -> list[str]:
@@ -220,36 +197,21 @@ def _items(items: Iterable[Any]) -> list[str]:
 def _tool_def(tool: Any) -> str:
     """``tool <name>(<param names>) — <description>``; built-in tools as ``<web_search>`` tags."""
     if not isinstance(tool, dict):
-        return f"tool {clip(j(tool), _MAX_LABEL)}"
+        return f"tool {clip(j(tool), MAX_LABEL)}"
     typ = tool.get("type")
     if typ in ("function", "custom") or (typ is None and tool.get("name")):
-        params = tool.get("parameters")
-        props = params.get("properties") if isinstance(params, dict) else None
-        names = ", ".join(_label(k) for k in props) if isinstance(props, dict) else ""
-        line = f"tool {_label(tool.get('name') or '?')}({names})"
-        desc = tool.get("description")
-        if isinstance(desc, str) and desc.strip():
-            line += f" — {clip(' '.join(desc.split()), _MAX_LABEL)}"
-        return line
-    label = tool.get("server_label") or tool.get("name")
-    tag = _label(typ) if typ else "tool"
-    return f"<{tag} {_label(label)}>" if label else f"<{tag}>"
+        line = f"tool {label(tool.get('name') or '?')}({param_names(tool.get('parameters'))})"
+        return described(line, tool.get("description"), MAX_LABEL)
+    name = tool.get("server_label") or tool.get("name")
+    tag = label(typ) if typ else "tool"
+    return f"<{tag} {label(name)}>" if name else f"<{tag}>"
 
 
 def render_request(obj: dict) -> str:
     """A ``POST /responses`` body: model, params, tools, instructions, then the input items."""
     if not isinstance(obj, dict):
-        return f"(not a Responses request: {clip(j(obj), _MAX_LABEL)})\n"
-    out = []
-    if obj.get("model") is not None:
-        out.append(f"model: {_label(obj['model'])}")
-    params = [f"{_label(k)}={_label(v)}" for k, v in obj.items() if k not in _NOT_PARAMS]
-    if params:
-        out.append("params: " + " · ".join(params))
-    tools = obj.get("tools")
-    if isinstance(tools, list) and tools:
-        out.append("tools:")
-        out += ["  " + _tool_def(t) for t in tools]
+        return f"(not a Responses request: {clip(j(obj), MAX_LABEL)})\n"
+    out = request_head(obj, _NOT_PARAMS, label, _tool_def)
     instructions = obj.get("instructions")
     if isinstance(instructions, str):
         out += ["", "[instructions]", clip(instructions)]
@@ -261,7 +223,7 @@ def render_request(obj: dict) -> str:
     elif isinstance(inp, list):
         out += _items(inp)
     elif inp is not None:
-        out += ["", "[?]", clip(j(inp), _MAX_LABEL)]
+        out += ["", "[?]", clip(j(inp), MAX_LABEL)]
     return "\n".join(out) + "\n"
 
 
@@ -272,16 +234,13 @@ def _error_text(err: Any) -> str:
     """``code: message`` for OpenAI-style error objects, else the value as JSON."""
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         code = err.get("code")
-        return clip(f"{_label(code)}: {err['message']}" if code is not None else err["message"])
+        return clip(f"{label(code)}: {err['message']}" if code is not None else err["message"])
     return clip(s(err))
 
 
 def _response_lines(obj: dict, stream: str = "", errors: Iterable[str] = (), output: Any = None) -> list[str]:
     """Header (model, id, status, usage, stream note, problems) then the output items."""
-    out = []
-    for key in ("model", "id", "status"):
-        if obj.get(key) is not None:
-            out.append(f"{key}: {_label(obj[key])}")
+    out = header(obj, ("model", "id", "status"))
     if obj.get("deleted") is True:
         out.append("deleted: true")
     u = usage_line(obj.get("usage"))
@@ -292,9 +251,9 @@ def _response_lines(obj: dict, stream: str = "", errors: Iterable[str] = (), out
     out += [f"error: {e}" for e in errors]
     details = obj.get("incomplete_details")
     if isinstance(details, dict) and details.get("reason") is not None:
-        out.append(f"incomplete: {_label(details['reason'])}")
+        out.append(f"incomplete: {label(details['reason'])}")
     elif details is not None:
-        out.append(f"incomplete: {_label(details)}")
+        out.append(f"incomplete: {label(details)}")
     if obj.get("error") is not None:
         out.append(f"error: {_error_text(obj['error'])}")
     if output is None:
@@ -309,7 +268,7 @@ def _response_lines(obj: dict, stream: str = "", errors: Iterable[str] = (), out
 def render_response(obj: dict) -> str:
     """A ``response`` object (created, retrieved, cancelled) or an input_items list."""
     if not isinstance(obj, dict):
-        return f"(not a Responses response: {clip(j(obj), _MAX_LABEL)})\n"
+        return f"(not a Responses response: {clip(j(obj), MAX_LABEL)})\n"
     return "\n".join(_response_lines(obj)) + "\n"
 
 
