@@ -117,9 +117,9 @@ def report(profile_path: Path, top: int, cpu_us_per_request: float, min_calls: f
         "| function | calls/req | cumulative µs/req |",
         "|---|---|---|",
     ]
-    for k, (calls, ct) in sorted(outside.items(), key=lambda kv: kv[1][1], reverse=True)[:top]:
-        if calls >= min_calls * n:
-            lines.append(f"| {Path(k[0]).name}:{k[1]} {k[2]} | {calls / n:.2f} | {ct / n * 1e6:,.1f} |")
+    frequent = [kv for kv in outside.items() if kv[1][0] >= min_calls * n]
+    for k, (calls, ct) in sorted(frequent, key=lambda kv: kv[1][1], reverse=True)[:top]:
+        lines.append(f"| {Path(k[0]).name}:{k[1]} {k[2]} | {calls / n:.2f} | {ct / n * 1e6:,.1f} |")
     return "\n".join(lines)
 
 
@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=300, help="agent answer events (300)")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--out", type=Path, help="keep the profile (.prof, or py-spy's raw stacks) here")
+    ap.add_argument(
+        "--out", type=Path, help="where the profile goes (default bench/out/profile-<workload>-<profiler>.*)"
+    )
     ap.add_argument("args", nargs="*", help="extra mitmdump arguments, after --, e.g. -- -q")
     args = ap.parse_args(argv)
     agent = args.workload == "agent"
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         port = free_port()
         suffix = ".prof" if args.profiler == "cprofile" else ".txt"
-        prof = (args.out or workdir / f"mitmdump{suffix}").resolve()
+        prof = (args.out or HERE / "out" / f"profile-{args.workload}-{args.profiler}{suffix}").resolve()
+        prof.parent.mkdir(parents=True, exist_ok=True)
         d = services.dir("profiled-cfgw")
         mitmdump_args = [
             "--set",
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofile: {prof}")
     finally:
         services.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -36,6 +36,11 @@ def main(argv: list[str]) -> int:
     web = bool(argv) and argv[0] == "web"
     extra = argv[1:] if web else argv
     port = host_port()
+    # Ctrl-C and a supervisor's SIGTERM both end the demo through its cleanup below (else SIGTERM
+    # would leave mitmdump running), even when it was started with SIGINT ignored, as a script's
+    # background job is: mitmdump itself always honours both.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     gw = StandinGateway(gateway_id="demo").start()
     tool = "mitmweb" if web else "mitmdump"
     # The user's own --set wins: mitmproxy refuses an option given twice.

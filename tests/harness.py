@@ -41,6 +41,7 @@ CF_ENV = (
     "CF_CLIENT_GATEWAY_HEADERS",
     "CF_OPEN_PROXY",
     "CF_LOG_FILE",
+    "CF_PROVIDER_KEYS",
     "HOST_PORT",
     "HOST_ADDR",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 import httpx
 import openai
@@ -14,7 +15,7 @@ from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, run_mitmdump, start
 from tests.standin_gateway import StandinGateway
 
 PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
-CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+CHAT: dict[str, Any] = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 MASK = "********"
 
 # Fixed secrets with distinctive tails: none can turn up by chance in ids, hex or prose.
@@ -101,9 +102,7 @@ def test_proxy_token_wins_and_client_gateway_headers_are_stripped(keyed_proxy, g
     )
     assert r.status_code == 200
     (req,) = gw.requests
-    assert [name for name, _ in req.headers if name.lower().startswith("cf-aig-")] == [
-        "cf-aig-authorization"
-    ]
+    assert [name for name, _ in req.headers if name.lower().startswith("cf-aig-")] == ["cf-aig-authorization"]
     assert req.header_values("cf-aig-authorization") == [f"Bearer {TOKEN}"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from typing import Any
 
 import httpx
 import openai
@@ -13,7 +14,7 @@ import pytest
 from tests.harness import ACCOUNT_ID, GATEWAY_ID, UNSERVABLE, free_port, raw_exchange, run_mitmdump
 
 PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
-CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+CHAT: dict[str, Any] = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 
 
 @pytest.mark.parametrize("suffix", ["/v1", ""])
@@ -150,14 +151,25 @@ def test_curl(proxy, gw):
         b"/v1/chat\\x",
         b"/v1/%252e%252e/x",
         b"/v1/\xc3\xa9",
+        b"/v1/messages/%2e%2e/x",
+        b"/v1/responses/../../compat/x",
     ],
 )
 def test_unsafe_paths_answered_400_and_never_forwarded(proxy, gw, target):
-    answer = raw_exchange(proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    """Refused in the shape of the client's API: Anthropic's for /v1/messages, OpenAI's elsewhere."""
+    answer = raw_exchange(
+        proxy.port, b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert b"application/json" in head.lower()
-    assert json.loads(body)["error"]["code"] == "invalid_path"
+    error = json.loads(body)
+    if target.startswith(b"/v1/messages"):
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    else:
+        assert "type" not in error and error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["code"] == "invalid_path"
+    assert error["error"]["message"].startswith("Refused request path: the ")
     assert gw.requests == []
 
 

@@ -9,6 +9,7 @@ import re
 import string
 import threading
 import time
+from typing import Any
 
 import httpx
 from mitmproxy import io
@@ -20,8 +21,8 @@ from tests.harness import ACCOUNT_ID, GATEWAY_ID
 PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
 MODEL = "openai/gpt-4o-mini"
 # The stand-in counts words: 3 prompt tokens; its reply has 5 words, so 5 completion tokens.
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "one two three"}]}
-STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+CHAT: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "one two three"}]}
+STREAM: dict[str, Any] = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 TOKENS = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 NO_TOKENS = dict.fromkeys(TOKENS)
 
@@ -199,7 +200,7 @@ def random_models(n: int) -> list[tuple[str, dict]]:
     """Model names nobody configured, each with how the stand-in will answer it."""
     rng = random.Random(5)
     word = lambda k: "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(k))  # noqa: E731
-    out = []
+    out: list[tuple[str, dict]] = []
     for i in range(n):
         kind = i % 4
         if kind == 0:  # no provider: the gateway's 400/2008
@@ -276,11 +277,11 @@ def test_metrics_after_known_traffic_with_bounded_labels(make_proxy, gw):
     assert not [r for r in gw.requests if "metrics" in r.path or "healthz" in r.path]
 
 
-def test_metrics_off_forwards_the_path(make_proxy, gw):
-    """With cf_metrics=off the proxy claims no /metrics: it is a compat sub-path like any other."""
+def test_metrics_off_answers_404_and_forwards_nothing(make_proxy, gw):
+    """With cf_metrics=off the proxy still claims /metrics (never the gateway's business): a JSON 404."""
     p = make_proxy({"cf_metrics": "off"})
     r = httpx.get(p.url + "/metrics")
-    assert r.status_code == 400
-    body = r.json()
-    assert body["error"][0]["code"] == 2019 and body["name"] == "AiGatewayError"
-    assert [req.path for req in gw.requests] == [f"{PREFIX}/metrics"]
+    assert (r.status_code, r.headers["content-type"]) == (404, "application/json")
+    assert r.json()["error"]["code"] == "not_found"
+    assert r.json()["error"]["message"] == "Metrics are off (cf_metrics=off)."
+    assert gw.requests == []

@@ -452,10 +452,11 @@ def test_env_example_with_account_and_token_is_a_working_laptop_setup(default_ga
         )
         # Unified Billing: SDKs insist on a key; a placeholder does, and never reaches the gateway
         chat = openai.OpenAI(base_url=p.url + "/v1", api_key="unused", max_retries=0)
-        assert chat.chat.completions.create(**CHAT).choices[0].message.content
+        hello = [{"role": "user", "content": "one two three"}]
+        assert chat.chat.completions.create(model=MODEL, messages=hello).choices[0].message.content  # type: ignore[arg-type]
         claude = anthropic.Anthropic(base_url=p.url, api_key="unused", max_retries=0)
-        message = claude.messages.create(model="claude-sonnet-5", max_tokens=64, messages=CHAT["messages"])
-        assert message.content[0].text
+        message = claude.messages.create(model="claude-sonnet-5", max_tokens=64, messages=hello)  # type: ignore[arg-type]
+        assert [block.type for block in message.content] == ["text"]
         assert [r.path.rpartition("/default/")[2] for r in default_gateway.requests[-2:]] == [
             "compat/chat/completions",
             "anthropic/v1/messages",

@@ -10,10 +10,11 @@ import secrets
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pytest
-from mitmproxy import io
+from mitmproxy import http, io
 
 from tests.harness import Proxy, free_port, start_proxy, wait_for_port
 from tests.standin_gateway import StandinGateway
@@ -46,6 +47,12 @@ def assert_no_secret(where: str, text: str | bytes) -> None:
 
 def header(flow: dict, name: str) -> list[str]:
     return [v for k, v in flow["request"]["headers"] if k.lower() == name]
+
+
+def http_flows(file: BinaryIO) -> list[http.HTTPFlow]:
+    flows = list(io.FlowReader(file).stream())
+    assert all(isinstance(f, http.HTTPFlow) for f in flows)
+    return flows  # type: ignore[return-value]
 
 
 def typed_key(flow: dict) -> list[list[str]]:
@@ -214,7 +221,7 @@ def test_replay_duplicate_and_edits_send_the_real_secrets_and_nothing_shows_them
         assert_no_secret("HAR", har.read_text())
         dump = ui.http.get("/flows/dump").content
         assert_no_secret("File > Save", dump)
-        dumped = list(io.FlowReader(BytesIO(dump)).stream())
+        dumped = http_flows(BytesIO(dump))
         assert [f.request.headers["cf-aig-authorization"] for f in dumped] == [masked(TOKEN)] * 2
     finally:
         ui.close()
@@ -223,7 +230,7 @@ def test_replay_duplicate_and_edits_send_the_real_secrets_and_nothing_shows_them
     raw = saved.read_bytes()
     assert_no_secret("the -w file", raw)
     with open(saved, "rb") as f:
-        flows = list(io.FlowReader(f).stream())
+        flows = http_flows(f)
     assert len(flows) == 6  # the original and each replay, each written when its response came
     assert {f.request.headers["cf-aig-authorization"] for f in flows} == {masked(TOKEN)}
     assert_no_secret("mitmweb's output", p.output())

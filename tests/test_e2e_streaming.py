@@ -26,6 +26,7 @@ import subprocess
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -35,8 +36,8 @@ from mitmproxy import io as flow_io
 from tests.harness import Proxy, free_port, start_proxy, wait_for_port
 from tests.standin_gateway import REPLY_TEXT, REPLY_WORDS
 
-CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
-STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+CHAT: dict[str, Any] = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+STREAM: dict[str, Any] = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 WAIT = 10.0  # failure bound for one step; the stand-in's hold gives up after 30 s
 TLS_TARGET = "https://gateway.ai.cloudflare.com"
 
@@ -124,6 +125,7 @@ class OutputReader:
     """Reads a child's stdout pipe without ever blocking longer than a bound (select + os.read)."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
         self.fd = proc.stdout.fileno()
         self.data = bytearray()
 
@@ -174,8 +176,9 @@ def _reap_curls():
         if proc.poll() is None:
             proc.kill()
         proc.wait(WAIT)
-        proc.stdout.close()
-        proc.stderr.close()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def curl_h2(p: Proxy) -> list[str]:
@@ -260,7 +263,7 @@ def test_curl_n_gets_first_event_while_upstream_holds(proxy, gw, version):
         gw.release(name)
         body = out.read_to_end()
         proc.wait(WAIT)
-    assert proc.returncode == 0, proc.stderr.read()
+    assert proc.returncode == 0, proc.stderr and proc.stderr.read()
     body, _, used = body.rpartition(b"v=")
     assert used == {"http1.1": b"1.1", "http2": b"2"}[version]
     assert sse_text(body) == REPLY_TEXT

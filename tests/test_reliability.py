@@ -22,13 +22,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from cfgw.paths import map_target
+from cfgw import config
+from cfgw.routes import map_target
 from tests.harness import (
     ACCOUNT_ID,
     CF_ENV,
@@ -44,8 +46,15 @@ from tests.harness import (
 )
 from tests.standin_gateway import REPLY_TEXT, REPLY_WORDS, StandinGateway
 
-PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}/compat"
-CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+GATEWAY_PREFIX = f"/v1/{ACCOUNT_ID}/{GATEWAY_ID}"
+PREFIX = f"{GATEWAY_PREFIX}/compat"
+# Where each route's requests must stay, written out here rather than taken from the code under test.
+ROUTE_PREFIXES = {
+    "compat": PREFIX,
+    "anthropic": f"{GATEWAY_PREFIX}/anthropic/v1/messages",
+    "openai": f"{GATEWAY_PREFIX}/openai/responses",
+}
+CHAT: dict[str, Any] = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 CANNED = b'{"ok":true}'
 
 
@@ -76,7 +85,7 @@ def addon_tracebacks(output: str) -> list[str]:
 OVERLONG = {b"\xc0\xae": b".", b"\xc0\xaf": b"/", b"\xc1\x9c": b"\\"}
 
 
-def stays_under_prefix(path: str) -> bool:
+def stays_under_prefix(path: str, prefix: str) -> bool:
     """Under the prefix for any lenient reader: one that percent-decodes (even repeatedly and
     overlong UTF-8), takes '\\' for '/', drops ';parameters' from segments and then normalises."""
     raw = path.encode()
@@ -87,7 +96,7 @@ def stays_under_prefix(path: str) -> bool:
     text = raw.decode("latin-1").replace("\\", "/")
     text = "/".join(segment.partition(";")[0] for segment in text.split("/"))
     normal = posixpath.normpath(text)
-    return normal == PREFIX or normal.startswith(PREFIX + "/")
+    return normal == prefix or normal.startswith(prefix + "/")
 
 
 def read_head(conn: socket.socket, limit: int = 64 << 20) -> bytes:
@@ -268,7 +277,7 @@ def test_upstream_never_answering_client_gives_up(proxy, gw):
 
 # Pieces that have broken path handling somewhere, by kind. No ASCII whitespace: that
 # changes how the request line splits, which test_malformed_request_lines covers.
-SAFE_PIECES = b"v1 chat completions models compat a-b_c %41 %20 ~ @x a=b".split()
+SAFE_PIECES = b"v1 chat completions models compat messages responses a-b_c %41 %20 ~ @x a=b".split()
 # Each of these tries to leave the prefix on its own, past one particular check.
 TRAVERSALS = rb"""
     .. ..; %2e%2e %2E%2E .%2e %2e. %c0%ae%c0%ae %252e%252e %25%32%65%25%32%65
@@ -329,7 +338,7 @@ def with_each_traversal(test):
 )
 @given(target=targets())
 def test_path_mapping_property_through_the_proxy(proxy, gateway, target):
-    """Any target: a JSON 400 and nothing forwarded, or forwarded exactly and under the compat prefix."""
+    """Any target: a JSON 400 and nothing forwarded, or forwarded exactly and under its route's prefix."""
     gateway.clear()
     answer = raw_exchange(
         proxy.port,
@@ -354,13 +363,15 @@ def test_path_mapping_property_through_the_proxy(proxy, gateway, target):
         return
     assert status == 200, answer[:300]
     (rec,) = recorded
-    assert rec.path == PREFIX or rec.path.startswith(PREFIX + "/")
-    assert stays_under_prefix(rec.path)
     assert path is not None and path.isascii()
-    expected_path, _, expected_query = map_target(path.decode(), PREFIX).partition("?")
+    destination, expected = map_target(path.decode(), GATEWAY_PREFIX)
+    prefix = ROUTE_PREFIXES[destination.route]
+    assert rec.path == prefix or rec.path.startswith(prefix + "/")
+    assert stays_under_prefix(rec.path, prefix)
+    expected_path, _, expected_query = expected.partition("?")
     assert (rec.path, rec.query) == (expected_path, expected_query)
     assert json.loads(body)["path"] == rec.path
-    event("forwarded")
+    event(f"forwarded to {destination.route}")
 
 
 def test_path_property_left_the_proxy_healthy(proxy, gw):
@@ -512,7 +523,10 @@ def expected_stream_text(events: int) -> str:
 
 async def _one_load_request(client: httpx.AsyncClient, url: str, i: int, hold: str) -> None:
     words = i % 7 + 1
-    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": " ".join(["w"] * words)}]}
+    body: dict[str, Any] = {
+        "model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": " ".join(["w"] * words)}],
+    }
     headers = {"x-standin-hold": hold}
     if i % 2:
         r = await client.post(url, json=body, headers=headers)
@@ -611,18 +625,16 @@ def test_run_sh_propagates_sigterm(gw, tmp_path):
     env_file = ROOT / ".env"
     had_env_file = env_file.exists()
     port = free_port()
-    # Every setting explicit: the environment wins over a developer's .env, so none is read.
-    settings_env = dict.fromkeys(CF_ENV, "")
+    # Every setting explicit (its default): the environment wins over a developer's .env, so none
+    # is read. The harness strips the same variables from the environment of every other proxy.
+    settings_env = {o.spec.env: o.spec.default for o in config.OPTIONS}
+    assert set(settings_env) <= set(CF_ENV), "tests/harness.py CF_ENV misses an option's variable"
     settings_env.update(
         ACCOUNT_ID=ACCOUNT_ID,
         GATEWAY_ID=GATEWAY_ID,
         CF_BASE_URL=gw.base_url,
         HOST_PORT=str(port),
-        CF_LOG_REQUESTS="on",
-        CF_LOG_FORMAT="text",
-        CF_RECORD_LIMIT="8m",
-        CF_REDACT="on",
-        CF_METRICS="on",
+        HOST_ADDR="127.0.0.1",
     )
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:

@@ -318,7 +318,9 @@ class Settings:
         "",
         parse_log_file,
         "Append every summary line (and nothing else) to this file, flushed per line, reopened when "
-        "rotated or on SIGHUP; '-' for standard output. Empty: the event log only.",
+        "rotated or on SIGHUP; '-' for standard output (mitmproxy's own output then goes to standard "
+        "error; add --set termlog_verbosity=warn to keep its first 'Loading script' line off standard "
+        "output too). Empty: the event log only.",
     )
     record_limit: int = option(
         "CF_RECORD_LIMIT",
@@ -420,7 +422,7 @@ def option_defaults(environ: Mapping[str, str], dotenv: Mapping[str, str | None]
         value = environ.get(o.spec.env)
         if value is None:
             value = dotenv.get(o.spec.env)
-        if value is None:
+        if value is None or not value.strip():  # 'CF_ROUTES=' in .env means the default
             out[o.name] = o.spec.default
         elif o.spec.secret and value.strip() and not value.strip().startswith("@"):
             out[o.name] = secret_source(o.spec.env)

@@ -278,8 +278,11 @@ class CfGateway:
                 self.answer(flow, info, "not_found", 404, "Metrics are off (cf_metrics=off).")
                 return
             info.local = "metrics"
-            body = b"" if req.method == "HEAD" else self.metrics.render()
-            flow.response = http.Response.make(200, body, {"content-type": self.metrics.content_type})
+            flow.response = http.Response.make(
+                200, self.metrics.render(), {"content-type": self.metrics.content_type}
+            )
+            if req.method == "HEAD":
+                flow.response.raw_content = b""  # GET's content-length, no body (as replies does)
             return
         try:
             info.destination, info.target = self.destination(flow, s)
@@ -390,7 +393,7 @@ class CfGateway:
         if info is None or self.settings is None:
             return
         if info.recorder is not None:
-            info.recorder.finish()  # the stream ended completely (error() is for broken ones)
+            info.recorder.finish(complete=True)  # error() is for broken ones
         elif info.upstream and flow.response is not None:
             reshape = self.settings.gateway_errors == "reshape"
             info.gateway_code = usage.reshape_gateway_error(flow.response, BY_NAME[info.family], reshape)
@@ -417,6 +420,7 @@ class CfGateway:
         s = self.settings
         assert s is not None
         if info.recorder is not None:
+            info.recorder.finish(complete=False)  # no-op after response(); a broken stream: what arrived
             self.metrics.streams.dec()
             self.keep_record(flow, info.recorder)
         if info.local in ("health", "metrics"):
