@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import shutil
 import signal
 import socket
@@ -382,34 +383,55 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def push(port: int, head: bytes, chunks: Iterable[bytes]) -> tuple[int, bytes]:
-    """Send ``head`` then ``chunks`` until the proxy answers or closes: (bytes of chunks sent, answer).
+def answered(data: bytes) -> bool:
+    """Whether ``data`` holds a whole HTTP/1 answer (head and Content-Length body)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
-    A reader thread collects the answer while the sender still sends, as a client that
-    writes its whole upload before reading would never see an early answer.
+
+def push(port: int, head: bytes, chunks: Iterable[bytes], timeout: float = 60) -> tuple[int, bytes]:
+    """Send ``head`` then ``chunks`` for as long as the proxy takes them, reading at the same time,
+    until a whole answer arrived or the proxy closed: (bytes of ``chunks`` sent, answer).
+
+    Why not read once everything is sent: the proxy answers early, and then does not always
+    close (about half the time mitmproxy leaves a refused connection open and unread), so a
+    sender waiting for that would block until its timeout.
     """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    answer: list[bytes] = []
-
-    def read() -> None:
-        with contextlib.suppress(OSError):
-            while data := sock.recv(65536):
-                answer.append(data)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    sent = 0
-    with contextlib.suppress(OSError):
-        sock.sendall(head)
-        for chunk in chunks:
-            if answer or not reader.is_alive():
-                break
-            sock.sendall(chunk)
-            sent += len(chunk)
-    reader.join(60)
-    sock.close()
-    assert not reader.is_alive(), "the proxy neither answered nor closed"
-    return sent, b"".join(answer)
+    pending: memoryview | None = memoryview(head)
+    more = iter(chunks)
+    sent, answer = -len(head), b""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setblocking(False)
+        while not answered(answer):
+            assert time.monotonic() < deadline, f"no whole answer within {timeout} s: {answer[:200]!r}"
+            readable, writable, _ = select.select([sock], [sock] if pending is not None else [], [], 1)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                answer += data
+            if writable and pending is not None:
+                try:
+                    n = sock.send(pending)
+                except OSError:  # closed by the proxy: what it answered is already read or on its way
+                    pending = None
+                    continue
+                sent += n
+                pending = pending[n:]
+                if not pending:
+                    chunk = next(more, None)
+                    pending = memoryview(chunk) if chunk is not None else None
+    return sent, answer
 
 
 @pytest.fixture(scope="module")
@@ -657,8 +679,10 @@ def test_mitmweb_options_never_show_the_token_or_the_keys(gateway, gw, tmp_path)
         (tmp_path / "token").write_text(FILE_TOKEN + "\n")
         (tmp_path / "keys").write_text(f"# rotated\n{FILE_KEY}\n")
         update = {"cf_token": f"@{tmp_path / 'token'}", "cf_proxy_keys": f"@{tmp_path / 'keys'}"}
-        xsrf = next(v for k, v in ui.cookies.items() if "xsrf" in k)
-        assert ui.put("/options", json=update, headers={"X-XSRFToken": xsrf}).status_code == 200
+        for cookie in ("_mitmproxy_xsrf", "_xsrf"):  # double submit, as the UI does (mitmproxy 12, 11)
+            ui.cookies.set(cookie, "cf-test-xsrf")
+        put = ui.put("/options", json=update, headers={"X-XSRFToken": "cf-test-xsrf"})
+        assert put.status_code == 200, put.text
         shown = ui.get("/options").json()
         assert {name: shown[name]["value"] for name in update} == update
         gw.clear()
@@ -845,26 +869,30 @@ def test_mitmproxys_own_errors_never_log_a_secret(plain, gw, request_bytes, logg
 # ---- 9. protocol edge cases ----------------------------------------------------------------------
 
 
-def test_upstream_103_early_hints_reaches_the_client_as_the_final_answer(make_proxy):
-    """Pinned mitmproxy behaviour, which an addon cannot change: its HTTP/1 client takes any
-    response head as final (mitmproxy/proxy/layers/http/_http1.py, Http1Client.read_headers, and a
-    1xx has no body: mitmproxy/net/http/http1/read.py, expected_http_body_size); the 200 after it
-    is dropped as "Unexpected data from server" (Http1Client.wait). A client library that skips
-    1xx (httpx, the SDKs) waits for a final answer that never comes, until its timeout."""
+def test_upstream_103_early_hints_becomes_a_clear_502(make_proxy):
+    """mitmproxy's HTTP/1 client takes any response head as final (mitmproxy/proxy/layers/http/
+    _http1.py, Http1Client.read_headers; a 1xx has no body: mitmproxy/net/http/http1/read.py,
+    expected_http_body_size), so the 200 after a 103 is never relayed, and a client library that
+    skips 1xx (httpx, the SDKs) would wait for a final answer until its timeout. The addon cannot
+    recover the real answer, but it turns the interim one into a 502 in the client's shape."""
     ok = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
     hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
     with upstream(hints + json_answer(ok)) as up:
         p = make_proxy(upstream=up.url)
         body = json.dumps(CHAT).encode()
-        answer = raw_exchange(
-            p.port,
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+        status, _, raw = split_answer(
+            raw_exchange(
+                p.port,
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+            )
         )
-        assert answer == hints
-        assert p.wait_output("Unexpected data from server: b'HTTP/1.1 200 OK")
-        assert p.wait_output("/compat/chat/completions 103 ")  # the summary says what the client got
-        assert len(up.heads) == 1
+        assert status == 502
+        assert json.loads(raw)["error"]["code"] == "interim_response"
+        assert p.wait_output("/compat/chat/completions 502 ")  # the summary says what the client got
+        r = httpx.post(p.url + "/v1/chat/completions", json=CHAT, timeout=5)
+        assert r.status_code == 502 and "interim 103" in r.json()["error"]["message"]
+        assert len(up.heads) == 2
 
 
 def test_request_with_chunked_trailers_gets_no_answer_and_is_not_forwarded(make_proxy, gw):

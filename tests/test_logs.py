@@ -561,3 +561,21 @@ def test_summary_closed_stdout_does_not_raise(monkeypatch, caplog):
     monkeypatch.setattr(sys, "stdout", closed)
     SummaryFile("-").write("x")
     assert len(warnings_in(caplog)) == 1
+
+
+def test_a_huge_message_is_cut_before_masking_and_never_ends_in_half_a_secret():
+    """mitmproxy logs a malformed request's whole buffer: 100 MB of header lines from one client."""
+    f = SecretFilter()
+    f.set_secrets(["sk-secret-token-123456789"])
+    line = "authorization: Bearer sk-secret-token-123456789\r\n"
+    record = logging.LogRecord(
+        "mitmproxy", logging.INFO, "", 0, "Invalid request: " + line * 400_000, None, None
+    )
+    f.filter(record)
+    assert len(record.msg) < logs.MAX_MESSAGE + 100
+    assert record.msg.endswith("characters not logged]")
+    assert "sk-secret" not in record.msg and "123456789" not in record.msg
+    cut = "x" * (logs.MAX_MESSAGE - 5) + " sk-secret-token-123456789"  # a secret split by the cut
+    record = logging.LogRecord("mitmproxy", logging.INFO, "", 0, cut, None, None)
+    f.filter(record)
+    assert "sk-se" not in record.msg and record.msg.endswith(" … [25 characters not logged]")

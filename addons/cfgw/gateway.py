@@ -392,11 +392,24 @@ class CfGateway:
         info = self.flows.get(flow)
         if info is None or self.settings is None:
             return
+        resp = flow.response
         if info.recorder is not None:
             info.recorder.finish(complete=True)  # error() is for broken ones
-        elif info.upstream and flow.response is not None:
+        elif info.upstream and resp is not None and 100 <= resp.status_code < 200 and resp.status_code != 101:
+            # mitmproxy's HTTP/1 client takes an interim answer (103 Early Hints) for the final one
+            # and drops the real answer after it; a clear error beats a client waiting forever.
+            flow.response = replies.error_response(
+                BY_NAME[info.family],
+                502,
+                f"The gateway sent an interim {resp.status_code} response, which mitmproxy cannot pass "
+                "on (it would be taken for the final answer); the request was sent, retry it.",
+                "interim_response",
+                "server_error",
+                head=flow.request.method == "HEAD",
+            )
+        elif info.upstream and resp is not None:
             reshape = self.settings.gateway_errors == "reshape"
-            info.gateway_code = usage.reshape_gateway_error(flow.response, BY_NAME[info.family], reshape)
+            info.gateway_code = usage.reshape_gateway_error(resp, BY_NAME[info.family], reshape)
         self.finish(flow, info)
 
     def error(self, flow: http.HTTPFlow) -> None:

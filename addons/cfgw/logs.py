@@ -151,7 +151,7 @@ class SecretFilter(logging.Filter):
         if getattr(record, _MARK, None) is record.msg:
             return True  # masked already (when made, or by another handler's copy of this filter)
         try:
-            message = _printable_lines(_full_message(record))
+            message = _printable_lines(_capped(_full_message(record)))
             record.msg = self.masked(message)
         except Exception:  # never raise into a logging call; never let raw text through
             record.msg = "(log message withheld: it could not be masked)"
@@ -169,6 +169,20 @@ class SecretFilter(logging.Filter):
 
 _MARK = "_cfgw_masked"
 _TRACEBACKS = logging.Formatter()
+
+
+MAX_MESSAGE = 64 << 10
+"""Characters of one log message kept: mitmproxy logs a malformed request's whole buffer (100 MB
+of header lines from a hostile client), which nobody reads and which would take seconds to mask."""
+_TOKEN_TAIL = re.compile(r"[\w\-.~+/=]+$")
+
+
+def _capped(message: str) -> str:
+    """The message cut at MAX_MESSAGE, without the token-like run the cut may have split."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    cut = _TOKEN_TAIL.sub("", message[:MAX_MESSAGE])
+    return f"{cut}… [{len(message) - len(cut)} characters not logged]"
 
 
 def _full_message(record: logging.LogRecord) -> str:
