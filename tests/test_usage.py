@@ -682,3 +682,67 @@ def test_reshape_gateway_error_of_deeply_nested_bodies_never_raises(depth, code)
         assert resp.raw_content == raw
     else:
         assert json.loads(resp.content or b"")["deep"] == json.loads(raw)["deep"]
+
+
+# --- the usage of a recorded stream, read around its usage events only ------------------------
+
+
+_EVENTS = {
+    "chat": [
+        b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}',
+        b'data: {"choices":[{"delta":{"content":"the \\"usage\\": {x} is text"}}]}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6,"total_tokens":10}}',
+        b"data: [DONE]",
+        b": ping",
+    ],
+    "messages": [
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":25,'
+        b'"output_tokens":1,"cache_read_input_tokens":10}}}',
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta",'
+        b'"text":"message_delta in text"}}',
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}',
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":17}}',
+        b'event: ping\ndata: {"type":"ping"}',
+    ],
+    "responses": [
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}',
+        b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":'
+        b'{"input_tokens":9,"output_tokens":4,"total_tokens":13}}}',
+        b'event: response.failed\ndata: {"type":"response.failed","response":{"usage":'
+        b'{"input_tokens":1,"output_tokens":2,"total_tokens":3}}}',
+        b'data: {"type":"response.completed","response":{"usage":{"input_tokens":7,"output_tokens":1}}}',
+    ],
+}
+_FAMILIES = {"chat": CHAT, "messages": MESSAGES, "responses": RESPONSES}
+
+
+def _whole_scan(family, body: bytes, complete: bool):
+    scanner = usage.StreamScanner(family)
+    scanner.feed(body)
+    if complete:
+        scanner.close()
+    return scanner.usage
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_EVENTS)),
+    st.data(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_recorded_stream_usage_equals_a_whole_scan(name, data, cut_short, complete):
+    """Reading only the events around the markers gives what parsing every event gives."""
+    family = _FAMILIES[name]
+    events = data.draw(st.lists(st.sampled_from(_EVENTS[name]), max_size=12))
+    body = b"".join(e + b"\n\n" for e in events)
+    if cut_short and body:
+        body = body[: data.draw(st.integers(0, len(body)))]
+    assert usage.recorded_stream_usage(family, body, complete) == _whole_scan(family, body, complete)
+
+
+def test_recorded_stream_usage_with_cr_line_ends_reads_the_whole_stream():
+    body = b"".join(e.replace(b"\n", b"\r\n") + b"\r\n\r\n" for e in _EVENTS["messages"][:3])
+    assert usage.recorded_stream_usage(MESSAGES, body, True) == _whole_scan(MESSAGES, body, True)
+    assert usage.recorded_stream_usage(MESSAGES, body, True) is not None

@@ -7,6 +7,7 @@ builds a ``Family``, its entry in ``families.BY_NAME`` and its row in ``routes.P
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,3 +81,6 @@ class Family:
     """Whether a parsed body is this family's request (content-view sniffing without a flow)."""
     looks_like_response: Callable[[Any], bool]
     """Whether a parsed body is this family's response, or an event's data is one of its events."""
+    usage_events: re.Pattern[bytes] | None = None
+    """Bytes that every event able to carry usage contains: reading a recorded stream, only the
+    events around them are parsed (a handful, instead of hundreds of deltas). None: every event."""

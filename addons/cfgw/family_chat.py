@@ -113,6 +113,10 @@ def _has_usage_object(data: str) -> bool:
     return False
 
 
+USAGE_EVENTS = re.compile(rb'"usage"\s*:\s*\{')
+"""The include_usage chunk (every other chunk says ``"usage": null``, when it says anything)."""
+
+
 class ChatStreamUsage:
     """Usage from a chat stream: the final include_usage chunk (the last usage seen wins); never raises.
 
@@ -563,6 +567,7 @@ CHAT = Family(
     error_body=openai_error_body,
     usage_from_json=usage_from_json,
     stream_usage=ChatStreamUsage,
+    usage_events=USAGE_EVENTS,
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,
@@ -589,6 +594,7 @@ OTHER = Family(
     error_body=openai_error_body,
     usage_from_json=usage_from_json,
     stream_usage=ChatStreamUsage,
+    usage_events=USAGE_EVENTS,
     render_request=_json_text,  # embeddings and model lists read best in mitmproxy's JSON view
     render_response=_json_text,
     render_stream=_events_text,

@@ -10,6 +10,7 @@ thinking...). Everything here is pure and never raises on hostile input.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -617,6 +618,7 @@ FAMILY = Family(
     error_body=error_body,
     usage_from_json=usage_from_json,
     stream_usage=MessagesStreamUsage,
+    usage_events=re.compile(rb"message_(?:start|delta)"),
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,

@@ -483,6 +483,7 @@ FAMILY = Family(
     error_body=openai_error_body,
     usage_from_json=usage_from_json,
     stream_usage=ResponsesStreamUsage,
+    usage_events=re.compile(rb"response\.(?:completed|incomplete|failed)"),
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,

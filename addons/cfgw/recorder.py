@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from cfgw.family import Family, Usage
-from cfgw.usage import StreamScanner
+from cfgw.usage import StreamScanner, recorded_stream_usage
 
 LAZY_SCAN = 256 << 10
 """Streams up to this size are read for usage once, at their end, from the record; beyond it
@@ -27,6 +27,7 @@ class Recorder:
         "delivered",
         "encoding",
         "family",
+        "fast_room",
         "finished",
         "first_chunk_at",
         "kept",
@@ -46,28 +47,38 @@ class Recorder:
         """Set by ``finish``."""
         self.finished = False
         # Parsing each event as it passes costs a few microseconds of Python per chunk; most
-        # streams are small, so they are parsed once at the end, from the record, instead.
+        # streams are small, so they are read once at the end, from the record, instead.
         self.scanner = StreamScanner(family, content_encoding) if content_encoding else None
+        self.fast_room = 0 if self.scanner else min(limit, LAZY_SCAN)
+        """Bytes that may still be kept without a look at the scanner (the common case)."""
 
     def __call__(self, chunk: bytes) -> bytes:
         # b"" is not a reliable end marker: mitmproxy sends it at the end of the stream, but
         # also passes on empty HTTP/2 DATA frames mid-stream; the response hook calls finish().
-        if chunk:
-            if self.first_chunk_at is None:
+        n = len(chunk)
+        if 0 < n <= self.fast_room:  # this runs for every chunk of every stream: keep it short
+            if not self.delivered:
                 self.first_chunk_at = time.time()
-            self.delivered += len(chunk)
-            kept = len(self.kept)
-            room = self.limit - kept
-            if self.scanner is None and (len(chunk) > room or kept + len(chunk) > LAZY_SCAN):
-                self.scanner = StreamScanner(self.family, self.encoding)
-                self.scanner.feed(bytes(self.kept))  # catch up once, then chunk by chunk
-            if self.scanner is None:
-                self.kept += chunk  # read for usage in finish()
-            else:
-                if room > 0:
-                    self.kept += chunk[:room]
-                self.scanner.feed(chunk)
+            self.delivered += n
+            self.fast_room -= n
+            self.kept += chunk
+        elif n:
+            self.slow_path(chunk)
         return chunk
+
+    def slow_path(self, chunk: bytes) -> None:
+        """Past the lazy-scan size or the record limit, or compressed: scan chunk by chunk."""
+        if not self.delivered:
+            self.first_chunk_at = time.time()
+        self.delivered += len(chunk)
+        self.fast_room = 0
+        if self.scanner is None:
+            self.scanner = StreamScanner(self.family, self.encoding)
+            self.scanner.feed(bytes(self.kept))  # catch up once, then chunk by chunk
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        self.scanner.feed(chunk)
 
     def finish(self, complete: bool = True) -> None:
         """The stream ended (completely, or broken off): read the usage. A complete stream's last
@@ -75,13 +86,12 @@ class Recorder:
         if self.finished:
             return
         self.finished = True
-        scanner = self.scanner
-        if scanner is None:
-            scanner = StreamScanner(self.family, self.encoding)
-            scanner.feed(bytes(self.kept))
+        if self.scanner is None:  # the record holds the whole stream
+            self.usage = recorded_stream_usage(self.family, bytes(self.kept), complete)
+            return
         if complete:
-            scanner.close()
-        self.usage = scanner.usage
+            self.scanner.close()
+        self.usage = self.scanner.usage
 
     @property
     def dropped(self) -> int:

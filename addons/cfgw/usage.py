@@ -289,6 +289,40 @@ class StreamScanner:
             self.disabled = True
 
 
+def recorded_stream_usage(family: Family, body: bytes, complete: bool) -> Usage | None:
+    """Usage of a whole (plain) event stream, parsing only the events that can carry it.
+
+    Events are cut out around the family's ``usage_events`` matches (blank line to blank
+    line) and read in order; a stream that uses CR line ends, or a family without markers,
+    is read whole. ``complete``: the last event counts even without its blank line.
+    """
+    markers = family.usage_events
+    if markers is None or b"\r" in body:
+        scanner = StreamScanner(family)
+        scanner.feed(body)
+        if complete:
+            scanner.close()
+        return scanner.usage
+    reader = family.stream_usage()
+    done = 0  # events before this offset have been read
+    try:
+        for m in markers.finditer(body):
+            if m.start() < done:
+                continue
+            start = body.rfind(b"\n\n", 0, m.start())
+            start = 0 if start == -1 else start + 2
+            end = body.find(b"\n\n", m.end())
+            if end == -1 and not complete:
+                break  # the last event never ended
+            done = len(body) if end == -1 else end + 2
+            for event in sse.parse(body[start:done]):
+                reader.event(event)
+    except Exception as e:
+        log.debug(f"cf-gateway: usage of a recorded stream not read: {e.__class__.__name__}")
+        return None
+    return reader.usage
+
+
 # --- the gateway's own errors, in the client's shape --------------------------------------------
 
 
