@@ -115,8 +115,11 @@ class CfGateway:
             # configured every request is answered 503, never forwarded.
             log.error(str(e))
             return
-        if self.startup_problem:
-            return
+        if not self.startup_problem:
+            self.apply(settings)
+
+    def apply(self, settings: Settings) -> None:
+        """Put new settings in force: defaults mitmproxy lacks, the secrets to mask, the log file."""
         if ctx.options.body_size_limit is None:
             ctx.options.body_size_limit = DEFAULT_BODY_SIZE_LIMIT
         self.secret_filter.set_secrets(
@@ -443,7 +446,9 @@ class CfGateway:
             self.metrics.observe(record)
         where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
         if record.outcome == "upstream_failed":
-            log.warning(f"cf-gateway: flow {flow.id}: upstream failed {where}: {record.error}")
+            log.warning(
+                f"cf-gateway: flow {flow.id}: upstream failed {where}: {logs.printable(str(record.error))}"
+            )
         elif record.outcome in ("client_closed", "failed") and not s.log_requests:  # else the line says so
             what = "client went away" if record.outcome == "client_closed" else "client request failed"
             log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {logs.printable(str(record.error))}")
