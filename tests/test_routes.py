@@ -8,7 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cfgw.families import BY_NAME
 from cfgw.routes import (
+    FAMILY_NAMES,
+    PROVIDER_ROUTES,
+    ROUTE_NAMES,
     Destination,
     UnsafePath,
     check_target,
@@ -191,3 +195,9 @@ def test_any_target_is_refused_or_stays_under_its_route(lead, pieces):
     assert not _escapes_prefix(upstream, prefix if dest.route == "compat" else prefix.rsplit("/", 1)[0]), (
         upstream
     )
+
+
+def test_every_family_a_path_can_name_has_a_module_and_every_route_a_family():
+    assert set(FAMILY_NAMES) == set(BY_NAME)
+    assert {family for _, family, _, _ in PROVIDER_ROUTES} <= set(BY_NAME)
+    assert ROUTE_NAMES == ("compat", "anthropic", "openai")
