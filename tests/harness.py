@@ -7,15 +7,20 @@ its own working directory (so no stray .env is read), and a clean environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "cf_gateway.py"
@@ -206,3 +211,62 @@ def split_answer(answer: bytes) -> tuple[int, bytes, bytes]:
         return 0, b"", b""
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), head, body
+
+
+WEB_PASSWORD = "test-ui-password"
+
+
+def start_mitmweb(upstream: str, workdir: Path, *extra_args: str, **kwargs) -> tuple[Proxy, str]:
+    """start_proxy with mitmweb: its UI on a free port, password WEB_PASSWORD; (proxy, UI base URL)."""
+    web_port = free_port()
+    p = start_proxy(
+        upstream,
+        workdir=workdir,
+        tool="mitmweb",
+        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
+                    "--set", f"web_password={WEB_PASSWORD}", *extra_args],
+        **kwargs,
+    )  # fmt: skip
+    assert wait_for_port(web_port, p.proc), p.output()
+    return p, f"http://127.0.0.1:{web_port}"
+
+
+def web_client(base_url: str, timeout: float = 60) -> httpx.Client:
+    """An HTTP client logged in to mitmweb's UI (the password login sets the session cookie)."""
+    ui = httpx.Client(base_url=base_url, timeout=timeout)
+    assert ui.get("/", params={"token": WEB_PASSWORD}).status_code == 200
+    return ui
+
+
+class RawUpstream:
+    """A one-trick TCP upstream on 127.0.0.1: every connection is handed to ``behaviour``.
+
+    For answers the stand-in cannot give (raw bytes, 1xx, bombs, garbage); ``heads`` is where
+    behaviours keep the request heads they received, byte for byte.
+    """
+
+    def __init__(self, behaviour: Callable[[RawUpstream, socket.socket], None]) -> None:
+        self.behaviour = behaviour
+        self.heads: list[bytes] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            conn.settimeout(30)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            self.behaviour(self, conn)
+
+    def close(self) -> None:
+        self._sock.close()

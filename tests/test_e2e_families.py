@@ -33,11 +33,11 @@ from tests.harness import (
     ACCOUNT_ID,
     GATEWAY_ID,
     Proxy,
-    free_port,
     raw_exchange,
     split_answer,
+    start_mitmweb,
     start_proxy,
-    wait_for_port,
+    web_client,
 )
 from tests.standin_gateway import REPLY_TEXT, TOOL_ARGUMENTS, StandinGateway
 
@@ -645,17 +645,8 @@ def test_held_streams_deliver_their_first_event_before_release(plain, gw):
 
 @pytest.fixture
 def mitmweb(gateway, tmp_path):
-    web_port = free_port()
-    p = start_proxy(
-        gateway.base_url,
-        workdir=tmp_path,
-        tool="mitmweb",
-        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
-                    "--set", "web_password=test-ui-password"],
-    )  # fmt: skip
-    assert wait_for_port(web_port, p.proc)
-    ui = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=WAIT)
-    assert ui.get("/", params={"token": "test-ui-password"}).status_code == 200  # sets the session cookie
+    p, url = start_mitmweb(gateway.base_url, tmp_path)
+    ui = web_client(url, timeout=WAIT)
     yield p, ui
     ui.close()
     p.stop()

@@ -32,12 +32,14 @@ from mitmproxy.version import VERSION
 from prometheus_client.parser import text_string_to_metric_families
 
 from cfgw import chatview
+from tests import harness
 from tests.harness import (
     ACCOUNT_ID,
     GATEWAY_ID,
     ROOT,
     UNSERVABLE,
     Proxy,
+    RawUpstream,
     clean_env,
     free_port,
     raw_exchange,
@@ -45,6 +47,7 @@ from tests.harness import (
     split_answer,
     start_proxy,
     wait_for_port,
+    web_client,
 )
 from tests.standin_gateway import REPLY_TEXT, StandinGateway
 
@@ -92,55 +95,34 @@ def slowest_health_while(port: int, busy: threading.Thread) -> tuple[float, int]
     return max(times), len(times)
 
 
-class Upstream:
-    """A tiny HTTP/1 upstream: reads each request (head and Content-Length body), answers with
-    fixed raw bytes and closes. ``heads`` keeps the request heads it received."""
+def answer_with(answer: bytes) -> Callable[[RawUpstream, socket.socket], None]:
+    """A RawUpstream behaviour: read each request (head and Content-Length body), keep its head,
+    answer with fixed raw bytes and close."""
 
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.heads: list[bytes] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
+    def behaviour(server: RawUpstream, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        server.heads.append(head)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length and (chunk := conn.recv(65536)):
+            body += chunk
+        conn.sendall(answer)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.settimeout(30)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            self.heads.append(head)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(body) < length and (chunk := conn.recv(65536)):
-                body += chunk
-            conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self._sock.close()
+    return behaviour
 
 
 @contextlib.contextmanager
-def upstream(answer: bytes) -> Iterator[Upstream]:
-    server = Upstream(answer)
+def upstream(answer: bytes) -> Iterator[RawUpstream]:
+    server = RawUpstream(answer_with(answer))
     try:
         yield server
     finally:
@@ -588,19 +570,8 @@ def test_compressed_bomb_from_upstream_never_stalls_the_proxy(make_proxy, coding
 def start_mitmweb(
     upstream_url: str, workdir: Path, env: dict[str, str] | None = None
 ) -> tuple[Proxy, httpx.Client]:
-    web_port = free_port()
-    p = start_proxy(
-        upstream_url,
-        workdir=workdir,
-        env=env,
-        tool="mitmweb",
-        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
-                    "--set", "web_password=test-ui-password"],
-    )  # fmt: skip
-    assert wait_for_port(web_port, p.proc)
-    ui = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=60)
-    assert ui.get("/", params={"token": "test-ui-password"}).status_code == 200  # session and xsrf cookies
-    return p, ui
+    p, url = harness.start_mitmweb(upstream_url, workdir, env=env)
+    return p, web_client(url)
 
 
 def tool_fragment_stream(n: int) -> bytes:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from cfgw import chatview
-from tests.harness import ACCOUNT_ID, GATEWAY_ID, free_port, start_proxy, wait_for_port
+from tests.harness import ACCOUNT_ID, GATEWAY_ID, start_mitmweb, web_client
 
 TOOLS: list[Any] = [
     {
@@ -29,17 +28,8 @@ TOOLS: list[Any] = [
 
 @pytest.fixture
 def mitmweb(gateway, tmp_path):
-    web_port = free_port()
-    p = start_proxy(
-        gateway.base_url,
-        workdir=tmp_path,
-        tool="mitmweb",
-        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
-                    "--set", "web_password=test-ui-password"],
-    )  # fmt: skip
-    assert wait_for_port(web_port, p.proc)
-    ui = httpx.Client(base_url=f"http://127.0.0.1:{web_port}")
-    assert ui.get("/", params={"token": "test-ui-password"}).status_code == 200  # sets the session cookie
+    p, url = start_mitmweb(gateway.base_url, tmp_path)
+    ui = web_client(url)
     yield p, ui
     ui.close()
     p.stop()

@@ -16,10 +16,9 @@ import httpx
 import pytest
 from mitmproxy import http, io
 
-from tests.harness import Proxy, free_port, start_proxy, wait_for_port
+from tests.harness import Proxy, start_mitmweb, start_proxy, web_client
 from tests.standin_gateway import StandinGateway
 
-PASSWORD = "replay-ui-password"
 MASK = "********"
 # Fixed secrets with distinctive tails: none can turn up by chance in ids, hex or prose.
 PROVIDER_KEY = "sk-rEpLaY-Provider-Qw7Er9Ty"
@@ -67,8 +66,7 @@ class WebUI:
     """mitmweb's HTTP API as its UI calls it: password login, then XSRF-checked POST/PUT."""
 
     def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10)
-        assert self.http.get("/", params={"token": PASSWORD}).status_code == 200  # session cookie (12)
+        self.http = web_client(base_url, timeout=10)
         # tornado accepts a plain token the client puts in both the cookie (named "_xsrf" by
         # mitmweb 11, "_mitmproxy_xsrf" by 12) and the header
         xsrf = secrets.token_hex(16)
@@ -123,17 +121,8 @@ class WebUI:
 
 
 def start_web(upstream: str, workdir: Path, options: dict[str, str], *args: str) -> tuple[Proxy, WebUI]:
-    web_port = free_port()
-    p = start_proxy(
-        upstream,
-        options={"cf_redact": "on", **options},
-        workdir=workdir,
-        tool="mitmweb",
-        extra_args=["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false",
-                    "--set", f"web_password={PASSWORD}", *args],
-    )  # fmt: skip
-    assert wait_for_port(web_port, p.proc), p.output()
-    return p, WebUI(f"http://127.0.0.1:{web_port}")
+    p, url = start_mitmweb(upstream, workdir, *args, options={"cf_redact": "on", **options})
+    return p, WebUI(url)
 
 
 @pytest.fixture(scope="module")

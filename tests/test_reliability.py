@@ -5,7 +5,7 @@ client with it. Each test breaks something on purpose and then checks that the
 same proxy process is still alive and serves the next request normally.
 
 Failures the stand-in cannot script (accept-and-close, garbage answers, seeing
-exactly which bytes were forwarded) use ``RawUpstream``, a tiny TCP server below.
+exactly which bytes were forwarded) use ``harness.RawUpstream``, a tiny TCP server.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import posixpath
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,6 +35,7 @@ from tests.harness import (
     CF_ENV,
     GATEWAY_ID,
     ROOT,
+    RawUpstream,
     clean_env,
     free_port,
     raw_exchange,
@@ -110,41 +110,8 @@ def read_head(conn: socket.socket, limit: int = 64 << 20) -> bytes:
     return buf
 
 
-class RawUpstream:
-    """A one-trick TCP upstream: every connection is handed to ``behaviour`` (settable at any time).
-
-    ``heads`` keeps the request heads that ``capture`` received, byte for byte, which the
-    stand-in cannot do for requests its own parser refuses (huge headers, odd versions).
-    """
-
-    def __init__(self, behaviour: Callable[[RawUpstream, socket.socket], None]) -> None:
-        self.behaviour = behaviour
-        self.heads: list[bytes] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return  # closed
-            conn.settimeout(30)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            self.behaviour(self, conn)
-
-    def close(self) -> None:
-        self._sock.close()
-
-    # Behaviours.
+class Behaviours:
+    """What the upstreams of these tests do with each connection (harness.RawUpstream behaviours)."""
 
     @staticmethod
     def close_at_once(server: RawUpstream, conn: socket.socket) -> None:
@@ -167,7 +134,7 @@ class RawUpstream:
 
 @pytest.fixture(scope="module")
 def capture_upstream() -> Iterator[RawUpstream]:
-    server = RawUpstream(RawUpstream.capture)
+    server = RawUpstream(Behaviours.capture)
     yield server
     server.close()
 
@@ -211,7 +178,7 @@ def test_upstream_refusing_connections_gives_502_then_recovers(make_proxy, gw):
     assert "Traceback" not in p.output()
 
 
-@pytest.mark.parametrize("behaviour", [RawUpstream.close_at_once, RawUpstream.garbage])
+@pytest.mark.parametrize("behaviour", [Behaviours.close_at_once, Behaviours.garbage])
 def test_raw_upstream_misbehaving_gives_502_then_recovers(capture_proxy, capture_upstream, behaviour):
     """Upstream accepts and closes without reading, or answers something that is not HTTP."""
     capture_upstream.behaviour = behaviour
@@ -219,7 +186,7 @@ def test_raw_upstream_misbehaving_gives_502_then_recovers(capture_proxy, capture
         r = httpx.post(capture_proxy.url + "/v1/chat/completions", json=CHAT, timeout=10)
         assert r.status_code == 502
     finally:
-        capture_upstream.behaviour = RawUpstream.capture
+        capture_upstream.behaviour = Behaviours.capture
     assert_capture_proxy_serving(capture_proxy, capture_upstream)
 
 
