@@ -89,7 +89,17 @@ def main(argv: list[str]) -> int:
             '    -d \'{"model": "openai/gpt-4o-mini", "stream": true, '
             '"messages": [{"role": "user", "content": "Hi"}]}\''
         )
+        print(
+            f"  curl -s http://127.0.0.1:{port}/v1/messages -H 'content-type: application/json' \\\n"
+            "    -H 'anthropic-version: 2023-06-01' \\\n"
+            '    -d \'{"model": "claude-sonnet-4-5", "max_tokens": 64, '
+            '"messages": [{"role": "user", "content": "Hi"}]}\''
+        )
         print(f"  OpenAI SDK: OpenAI(base_url='http://127.0.0.1:{port}/v1', api_key='sk-anything')")
+        print("    (chat.completions.create, or responses.create(model='gpt-5', input='Hi'))")
+        print(
+            f"  Anthropic SDK, Claude Code: Anthropic(base_url='http://127.0.0.1:{port}', api_key='sk-ant-x')"
+        )
         if web:
             print("  mitmweb UI: http://127.0.0.1:8081")
         print(flush=True)
