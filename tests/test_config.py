@@ -199,3 +199,27 @@ def test_client_gateway_headers_auto_follows_key_mode():
     assert not config.parse_settings(
         {**values, "cf_proxy_keys": "k1", "cf_client_gateway_headers": "allow"}, {}
     ).strip_client_gateway_headers
+
+
+def test_literal_secrets_are_taken_out_of_the_options():
+    values = config.option_defaults({"ACCOUNT_ID": GOOD_ACCOUNT}, {})
+    values.update(cf_token="tok-literal-1", cf_proxy_keys="k1,k2", cf_routes="compat")
+    store: dict = {"CF_AIG_TOKEN": "tok-env"}
+    hidden = config.hide_literal_secrets(values, store)
+    assert hidden == {"cf_token": "(from --set cf_token)", "cf_proxy_keys": "(from --set cf_proxy_keys)"}
+    assert values["cf_token"] == "(from --set cf_token)" and values["cf_routes"] == "compat"
+    s = config.parse_settings(values, store)
+    assert s.token == "tok-literal-1" and s.proxy_keys.keys == ("k1", "k2")
+    assert config.hide_literal_secrets(values, store) == {}  # placeholders and files stay as they are
+    values["cf_token"] = "(from PATH)"  # only the option's own sources: never another variable's value
+    with pytest.raises(ValueError, match="single printable ASCII word"):
+        config.parse_settings(values, {**store, "PATH": "/usr/bin"})
+
+
+def test_a_placeholder_whose_source_holds_nothing_is_an_error_never_no_secret():
+    """'(from PROXY_KEYS)' with nothing behind it must not read as 'no access keys': that would
+    turn access control off."""
+    values = config.option_defaults({"ACCOUNT_ID": GOOD_ACCOUNT}, {})
+    for option, source in (("cf_proxy_keys", "PROXY_KEYS"), ("cf_token", "--set cf_token")):
+        with pytest.raises(ValueError, match=f"names {source}, which holds nothing here"):
+            config.parse_settings({**values, option: f"(from {source})"}, {})

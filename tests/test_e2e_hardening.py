@@ -669,7 +669,43 @@ def test_mitmweb_options_never_show_the_token_or_the_keys(gateway, gw, tmp_path)
         ]
         for where in ("/options", "/events", "/flows"):
             assert_no_secret(f"mitmweb {where}", ui.get(where).text, FILE_TOKEN, FILE_KEY, TOKEN, KEY)
-        assert_no_secret("mitmweb output", p.output(), FILE_TOKEN, FILE_KEY, TOKEN, KEY)
+
+        # A secret typed in clear into the Options page is taken out of the option at once.
+        typed = "cfat-typed-Lk8Jh5Gf3Ds1"
+        put = ui.put("/options", json={"cf_token": typed}, headers={"X-XSRFToken": "cf-test-xsrf"})
+        assert put.status_code == 200, put.text
+        assert ui.get("/options").json()["cf_token"]["value"] == "(from --set cf_token)"
+        gw.clear()
+        r = httpx.post(
+            p.url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {FILE_KEY}"}
+        )
+        assert r.status_code == 200
+        assert gw.requests[-1].header_values("cf-aig-authorization") == [f"Bearer {typed}"]
+        for where in ("/options", "/events", "/flows"):
+            assert_no_secret(f"mitmweb {where}", ui.get(where).text, typed)
+        assert_no_secret("mitmweb output", p.output(), FILE_TOKEN, FILE_KEY, TOKEN, KEY, typed)
+    finally:
+        ui.close()
+        p.stop()
+
+
+def test_secrets_given_literally_with_set_are_shown_as_their_source(gateway, gw, tmp_path):
+    literal_token, literal_key = "cfat-literal-Qw3Er5Ty7U", "pk-literal-Zx9Cv7Bn5M"
+    p, url = harness.start_mitmweb(
+        gateway.base_url,
+        tmp_path,
+        options={"cf_token": literal_token, "cf_proxy_keys": literal_key},
+    )
+    ui = web_client(url)
+    try:
+        shown = ui.get("/options").json()
+        assert shown["cf_token"]["value"] == "(from --set cf_token)"
+        assert shown["cf_proxy_keys"]["value"] == "(from --set cf_proxy_keys)"
+        r = httpx.post(p.url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": literal_key})
+        assert r.status_code == 200
+        assert gw.requests[-1].header_values("cf-aig-authorization") == [f"Bearer {literal_token}"]
+        for where in ("/options", "/events", "/flows", "/state"):
+            assert_no_secret(f"mitmweb {where}", ui.get(where).text, literal_token, literal_key)
     finally:
         ui.close()
         p.stop()

@@ -179,20 +179,44 @@ def parse_log_file(value: str) -> str | None:
 # -- secrets: never shown in mitmweb's options, never echoed -----------------------------------
 
 FROM_ENV = "(from {env})"
-"""What a secret option holds when its value comes from the environment or .env."""
+"""What a secret option holds when its value comes from the environment or .env, or (as
+'(from --set cf_token)') when it was given literally and the addon took it out of the option."""
 
 
 def secret_source(env: str) -> str:
     return FROM_ENV.format(env=env)
 
 
-def read_secret(value: str, env: str, environ: Mapping[str, str | None]) -> str:
-    """Resolve a secret option's '(from VAR)' placeholder; anything else (an '@/path/to/file' the
-    parser reads, or a discouraged literal) is returned as it is."""
+def literal_source(option: str) -> str:
+    """The key under which a literally given secret is kept, out of mitmproxy's options."""
+    return f"--set {option}"
+
+
+def read_secret(value: str, env: str, environ: Mapping[str, str | None], option: str = "") -> str:
+    """Resolve a secret option's placeholder ('(from VAR)', '(from --set option)'); anything else
+    (an '@/path/to/file' the parser reads, or a literal) is returned as it is."""
     v = value.strip()
-    if v == secret_source(env):
-        return (environ.get(env) or "").strip()
+    for source in (env, literal_source(option)):
+        if v == secret_source(source):
+            found = environ.get(source)
+            if found is None:  # never read as "no secret": no keys would mean no access control
+                raise ValueError(f"names {source}, which holds nothing here: give the value again")
+            return found.strip()
     return v
+
+
+def hide_literal_secrets(values: dict[str, str], store: dict[str, str | None]) -> dict[str, str]:
+    """Take secrets given literally (``--set cf_token=...``, or typed into mitmweb's Options) out
+    of ``values`` into ``store``; returns {option: placeholder} to put in the options instead, so
+    mitmweb's Options page and API never show them."""
+    hidden = {}
+    for o in OPTIONS:
+        v = values[o.name].strip()
+        if o.spec.secret and v and not v.startswith("@") and not v.startswith("(from "):
+            key = literal_source(o.name)
+            store[key] = v
+            values[o.name] = hidden[o.name] = secret_source(key)
+    return hidden
 
 
 def read_file(value: str, what: str) -> str:
@@ -441,7 +465,7 @@ def parse_settings(values: Mapping[str, str], secrets: Mapping[str, str | None])
         try:
             raw = values[o.name]
             if o.spec.secret:
-                raw = read_secret(raw, o.spec.env, secrets)
+                raw = read_secret(raw, o.spec.env, secrets, o.name)
             parsed[o.field] = o.spec.parse(raw)
         except ValueError as e:
             raise ValueError(option_error(o, str(e))) from None

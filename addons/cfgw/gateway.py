@@ -75,6 +75,7 @@ class CfGateway:
         self.secret_filter = logs.SecretFilter()
         self.log_file: logs.SummaryFile | None = None
         self.secrets_env: dict[str, str | None] = {}
+        self.literal_secrets: dict[str, str | None] = {}
         self.explained: set[int] = set()
         self.stash = Stash()
         self.sighup = False
@@ -83,6 +84,9 @@ class CfGateway:
 
     def load(self, loader) -> None:
         self.secrets_env = {**dotenv_values(Path.cwd() / ".env"), **os.environ}
+        # Secrets given literally are kept off the options (config.hide_literal_secrets); they must
+        # outlive a reload of this script, so they live on the master, which a reload keeps.
+        self.literal_secrets = vars(loader.master).setdefault("cf_gateway_literal_secrets", {})
         defaults = config.option_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
         for o in config.OPTIONS:
             loader.add_option(o.name, str, defaults[o.name], o.spec.help)
@@ -103,10 +107,11 @@ class CfGateway:
     def configure(self, updated: set[str]) -> None:
         if not any(name in config.BY_OPTION for name in updated) and "mode" not in updated:
             return
+        values = {o.name: getattr(ctx.options, o.name) for o in config.OPTIONS}
+        secrets = {**self.secrets_env, **self.literal_secrets}
+        hidden = config.hide_literal_secrets(values, secrets)
         try:
-            settings = config.parse_settings(
-                {o.name: getattr(ctx.options, o.name) for o in config.OPTIONS}, self.secrets_env
-            )
+            settings = config.parse_settings(values, secrets)
             self.check_open_door(settings)
         except ValueError as e:
             if self.settings is not None:
@@ -116,7 +121,10 @@ class CfGateway:
             log.error(str(e))
             return
         if not self.startup_problem:
+            self.literal_secrets.update({k: v for k, v in secrets.items() if k.startswith("--set ")})
             self.apply(settings)
+            if hidden:
+                ctx.options.update(**hidden)  # a secret typed in clear is shown as its source only
 
     def apply(self, settings: Settings) -> None:
         """Put new settings in force: defaults mitmproxy lacks, the secrets to mask, the log file."""
