@@ -256,10 +256,10 @@ IMAGE = json.dumps([{"role": "user", "content": [{"type": "image", "source": {"d
             "claude",
             '{"model": "claude", "messages": IMAGE, "tools": [{"properties": {"model": {}}}]}',
         ),
-        (
+        (  # the root's last key is escaped, past more than a bounded look: left alone, never wrong
             '{"model": "anthropic/claude", "messages": IMAGE, "mod\\u0065l": "anthropic/other"}',
-            "other",
-            '{"model": "anthropic/claude", "messages": IMAGE, "mod\\u0065l": "other"}',
+            None,
+            '{"model": "anthropic/claude", "messages": IMAGE, "mod\\u0065l": "anthropic/other"}',
         ),
         (  # too big for the exact slow path, and the root's key is escaped: left alone
             '{"mod\\u0065l": "anthropic/claude", "messages": IMAGE, "m": {"model": "anthropic/claude"}}',
@@ -272,6 +272,27 @@ def test_fix_model_spelling_of_big_bodies(text, model, sent):
     body = text.replace("IMAGE", IMAGE).encode()
     assert len(body) > MAX_PARSE
     assert fixed(body) == (model, sent.replace("IMAGE", IMAGE).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{" + b" " * (32 << 20) + b'"model":"anthropic/x"}',  # white space before the key
+        b'{"a":[1],"model":"anthropic/x"' + b',"b":1' * 5_000_000 + b"}",  # millions of keys after it
+        b'{"a":"' + b"\\u0064" * 5_000_000 + b'","model":"anthropic/x"}',  # escapes everywhere
+        b'{"m":[' + b'{"model":"n"},' * 2_000_000 + b'1],"model":"anthropic/x"}',  # nested keys
+        b'{"model":"anthropic/x","a":[' + b"1," * (2 << 20) + b'1],"mod\\u0065l":"z"}',  # a slow tail
+    ],
+)
+def test_model_lookup_is_bounded_on_hostile_bodies(body):
+    """On mitmproxy's event loop for every request: at most a bounded look (it took seconds)."""
+    request = http.Request.make("POST", "http://x/v1/messages", body)
+    started = time.perf_counter()
+    found = usage.model_span(body)
+    if found is not None:
+        usage.fix_model_spelling(request, found[0], "anthropic", found)
+    assert time.perf_counter() - started < 0.5
+    assert found is None or found[0] == json.loads(body)["model"]
 
 
 _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._", min_size=1, max_size=12)

@@ -345,9 +345,9 @@ class CfGateway:
         # Only plain bodies: decoding a compressed one just to find the model would let a small
         # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
         body = req.raw_content
-        info.model = usage.request_model(body) if body and "content-encoding" not in req.headers else None
-        if info.model:
-            info.model = usage.fix_model_spelling(req, info.model, info.destination.route)
+        found = usage.model_span(body) if body and "content-encoding" not in req.headers else None
+        if found is not None:
+            info.model = usage.fix_model_spelling(req, found[0], info.destination.route, found)
         auth.set_credentials(
             req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers, s.drop_client_keys
         )

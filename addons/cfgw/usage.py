@@ -35,17 +35,23 @@ _DECODER = json.JSONDecoder()
 
 
 def escaped_model_key(body: bytes, start: int = 0) -> bool:
-    """Whether a key after ``start`` may spell "model" with escapes such as \\u0065 (find() first)."""
-    while (i := body.find(b"\\u006", start)) != -1:
-        if _ESCAPED_KEY.match(body, i):
-            return True
-        start = i + 1
-    return False
+    """Whether a key after ``start`` may spell "model" with escapes such as \\u0065."""
+    return _ESCAPED_KEY.search(body, start) is not None
+
+
+class _Unknown(Exception):
+    """Telling whether a key is the root's would cost more than a bounded look: let json decide."""
+
+
+_MAX_TAIL_PAIRS = 256  # keys after "model" in a real body: a handful (stream, tools, ...)
+_MAX_TAIL = 256 << 10  # bytes after "model" parsed (in C) to prove it is the root's: ~10 ms at most
+_WS_RUN = re.compile(r"[ \t\r\n]*")
 
 
 def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
     """If the literal ``"model"`` key at ``pos`` belongs to the root object, the root's last
-    ``model`` value and its byte span; None when it does not (nested, or not a key at all).
+    ``model`` value and its byte span; None when it does not (nested, or not a key at all);
+    _Unknown when proving it would take more than a bounded look.
 
     Proof by the tail alone: a key of the root object is preceded by ``{`` or ``,`` and
     followed by ``: value`` then only ``, "key": value`` pairs up to the root's ``}`` and the
@@ -53,10 +59,10 @@ def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
     json module (C), so this costs what the keys after ``model`` weigh (usually little:
     openai-python and the Anthropic SDK put ``model`` after ``messages``).
     """
-    i = pos - 1
-    while i >= 0 and body[i] in _WS:
-        i -= 1
-    if i < 0 or body[i] not in b"{,":
+    before = body[max(0, pos - 256) : pos].rstrip(_WS)
+    if not before and pos > 256:
+        raise _Unknown  # hundreds of bytes of white space before a key: no real client writes that
+    if not before.endswith((b"{", b",")):
         return None
     colon = _COLON.match(body, pos + len(_MODEL_LITERAL))
     if colon is None:
@@ -78,41 +84,39 @@ def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
             return value, start, start + len(head[:end].encode())
         except ValueError:
             pass  # a value longer than the window: the general way below
+    if len(body) - start > _MAX_TAIL:
+        raise _Unknown
     tail = body[start:].decode("utf-8")
     value, end = _DECODER.raw_decode(tail)
     found, span = value, (start, start + len(tail[:end].encode()))
     n = len(tail)
     i = end
-    while True:
-        while i < n and tail[i] in " \t\r\n":
-            i += 1
+    for _ in range(_MAX_TAIL_PAIRS):
+        i = _WS_RUN.match(tail, i).end()  # type: ignore[union-attr]  # * always matches
         if i < n and tail[i] == "}":
             return (found, *span) if not tail[i + 1 :].strip(" \t\r\n") else None
         if i >= n or tail[i] != ",":
             return None
-        key, i = _DECODER.raw_decode(tail, _skip_ws(tail, i + 1))
-        if not isinstance(key, str) or (i := _skip_ws(tail, i)) >= n or tail[i] != ":":
+        key, i = _DECODER.raw_decode(tail, _WS_RUN.match(tail, i + 1).end())  # type: ignore[union-attr]
+        i = _WS_RUN.match(tail, i).end()  # type: ignore[union-attr]
+        if not isinstance(key, str) or i >= n or tail[i] != ":":
             return None
-        vstart = _skip_ws(tail, i + 1)
+        vstart = _WS_RUN.match(tail, i + 1).end()  # type: ignore[union-attr]
         value, i = _DECODER.raw_decode(tail, vstart)
         if key == "model":  # a later duplicate (spelled with escapes): the last one wins, as in json
             found = value
             span = (start + len(tail[:vstart].encode()), start + len(tail[:i].encode()))
-
-
-def _skip_ws(text: str, i: int) -> int:
-    n = len(text)
-    while i < n and text[i] in " \t\r\n":
-        i += 1
-    return i
+    raise _Unknown
 
 
 def model_span(body: bytes) -> tuple[str, int, int] | None:
     """The root object's ``model`` (a string) and the byte span of its JSON value, or None.
 
-    For every valid JSON body this is what ``json.loads(body)["model"]`` gives (the last
-    duplicate wins; a key spelled with escapes counts), at the cost of the part of the body
-    after the key rather than the whole body. Never raises.
+    For a valid JSON body this is what ``json.loads(body)["model"]`` gives (the last
+    duplicate wins; a key spelled with escapes counts), or None when a body over MAX_PARSE
+    would need more than a bounded look to tell (over 256 KiB or 256 keys after the key,
+    hundreds of bytes of white space before it): never a different model, and at the cost
+    of the part of the body after the key rather than the whole body. Never raises.
     """
     try:
         end = len(body)
@@ -120,7 +124,10 @@ def model_span(body: bytes) -> tuple[str, int, int] | None:
             pos = body.rfind(_MODEL_LITERAL, 0, end)
             if pos == -1:
                 break
-            found = _top_level_after(body, pos)
+            try:
+                found = _top_level_after(body, pos)
+            except _Unknown:
+                return _parsed_model(body)
             if found is not None:
                 value, start, stop = found
                 return (value, start, stop) if isinstance(value, str) else None
@@ -162,14 +169,17 @@ PROVIDER_PREFIX = {route: f"{route}/" for route in routes.ROUTE_NAMES if route !
 """The compat spelling of a model ('anthropic/claude-sonnet-4-5') that a provider route drops."""
 
 
-def fix_model_spelling(request: http.Request, model: str, route: str) -> str:
+def fix_model_spelling(
+    request: http.Request, model: str, route: str, found: tuple[str, int, int] | None = None
+) -> str:
     """On a provider route, accept the compat spelling too: drop that one provider prefix from
-    the top-level ``model`` and change nothing else in the body (mitmproxy sets Content-Length)."""
+    the top-level ``model`` and change nothing else in the body (mitmproxy sets Content-Length).
+    ``found`` is ``model_span``'s answer for this body, when the caller has it already."""
     prefix = PROVIDER_PREFIX.get(route)
     if prefix is None or not model.startswith(prefix) or len(model) == len(prefix):
         return model
     body = request.raw_content or b""
-    found = model_span(body)
+    found = found or model_span(body)
     if found is None or found[0] != model or found[1] < 0:
         return model  # not where we can rewrite it exactly: the provider will say what it wants
     _, start, stop = found
