@@ -545,3 +545,22 @@ def test_key_mode_replay_gets_the_fresh_token(addon):
     arrive(addon, f)  # no access key on a replay: the person at mitmweb is the operator
     assert f.response is None
     assert f.request.headers.get_all("cf-aig-authorization") == [f"Bearer {fresh}"]
+
+
+def test_a_flow_mitmproxy_refused_before_requestheaders_is_still_masked(addon):
+    """mitmproxy's own header checks (Content-Length with Transfer-Encoding, a bad header name)
+    fail the flow before requestheaders: the addon never took it on, and -w would save it."""
+    f = reverse_flow(headers=[("authorization", f"Bearer {KEY_A}"), ("x-api-key", PROVIDER_KEY)])
+    f.error = tflow.terr("Received an invalid header")
+    addon.error(f)
+    assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{KEY_A[-4:]}"
+    assert f.request.headers["x-api-key"] == auth.MASK + PROVIDER_KEY[-4:]
+
+
+def test_flows_of_an_unconfigured_addon_are_masked_too(addon):
+    addon.settings = None  # e.g. a reload whose configure failed: every request is answered 503
+    f = reverse_flow(headers=[("authorization", f"Bearer {KEY_A}")])
+    arrive(addon, f)
+    assert f.response.status_code == 503
+    addon.responseheaders(f)
+    assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{KEY_A[-4:]}"

@@ -1,4 +1,5 @@
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -405,3 +406,17 @@ def test_registered_view_is_used_by_prettify_message(monkeypatch):
         # explicitly selected on a body it cannot show: mitmproxy reports the ValueError
         forced = contentviews.prettify_message(f.response, f, view_name="llm chat", registry=registry)
         assert forced.syntax_highlight == "error"
+
+
+def test_big_json_bodies_are_bounded_before_rendering():
+    """480k tiny messages (a 16 MiB body) took about a second to render on the event loop."""
+    obj = {"model": "m", "messages": [{"role": "user", "content": "hi"}] * 480_000, "tools": []}
+    started = time.perf_counter()
+    kept, cut = chatview.bounded(obj)
+    assert time.perf_counter() - started < 0.5
+    assert cut and len(kept["messages"]) == chatview.MAX_ITEMS and kept["model"] == "m"
+    nested = [[[[1] * 50] * 50] * 50] * 50  # 6.5M values: the node budget stops the walk
+    kept, cut = chatview.bounded(nested)
+    assert cut and sum(len(c) for b in kept for c in b) < chatview.MAX_NODES
+    small = {"messages": [{"role": "user", "content": ["a", "b"]}]}
+    assert chatview.bounded(small) == (small, False)

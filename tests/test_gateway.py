@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -798,3 +799,88 @@ def test_startup_log_names_the_mode_never_the_secrets(monkeypatch, caplog, tmp_p
         tctx.configure(a, **GOOD, cf_token="gw-token-secret", cf_proxy_keys=f"@{keys}")
     assert f"access keys: 2 keys (file {keys})" in caplog.text and "gateway token injected" in caplog.text
     assert "secret-key" not in caplog.text and "gw-token-secret" not in caplog.text
+
+
+def test_a_reload_keeps_the_options_in_force_even_where_a_default_or_help_changed(monkeypatch):
+    """mitmproxy resets an option whose default or help changed when a script reloads; a reset
+    cf_proxy_keys would turn access control off."""
+    from cfgw import config
+    from cfgw.gateway import CfGateway
+
+    with loaded() as (a, tctx):
+        tctx.configure(a, **GOOD, cf_proxy_keys="pk-kept-Qz7vWx2LmNpR", cf_base_url="http://127.0.0.1:9")
+        tctx.master.addons.remove(a)
+        changed = tuple(
+            config.Option(o.name, o.field, dataclasses.replace(o.spec, help=o.spec.help + " (edited)"))
+            for o in config.OPTIONS
+        )
+        monkeypatch.setattr(config, "OPTIONS", changed)
+        b = CfGateway()
+        tctx.master.addons.add(b)  # what a reload does: the edited script's addon is loaded anew,
+        b.configure(set(tctx.options.keys()))  # then configured with every option (script.py)
+        try:
+            assert b.settings is not None and b.settings.proxy_keys is not None
+            assert b.settings.base_url.port == 9
+            f = reverse_flow()
+            b.requestheaders(f)
+            assert f.response is not None and f.response.status_code == 401
+        finally:
+            b.done()
+
+
+def test_an_edited_replay_still_gets_path_safety(addon):
+    """A replayed flow is already aimed at the gateway; a path edited in mitmweb is checked too."""
+    f = reverse_flow()
+    arrive(addon, f)
+    f.is_replay = "request"
+    f.request.path = f"{PREFIX}/../../other-account/x"
+    arrive(addon, f)
+    assert f.response is not None and f.response.status_code == 400
+    assert json.loads(f.response.content)["error"]["code"] == "invalid_path"
+
+
+def test_moving_the_listener_to_all_interfaces_is_checked_too(addon):
+    addon.tctx.configure(
+        addon, cf_token=TOKEN, mode=["reverse:http://127.0.0.1:0@3000"], listen_host="127.0.0.1"
+    )
+    with pytest.raises(exceptions.OptionsError, match="PROXY_KEYS"):
+        addon.tctx.configure(addon, listen_host="0.0.0.0")
+
+
+def test_the_replay_stash_outlives_a_reload():
+    from cfgw.gateway import CfGateway
+
+    with loaded() as (a, tctx):
+        tctx.configure(a, **GOOD)
+        f = reverse_flow(headers=[("authorization", "Bearer sk-provider-key-0123456789")])
+        send(a, f)
+        assert f.request.headers["authorization"] == "Bearer ********6789"
+        tctx.master.addons.remove(a)
+        b = CfGateway()
+        tctx.master.addons.add(b)
+        b.configure(set(tctx.options.keys()))
+        try:
+            f.is_replay = "request"
+            f.response = None
+            b.requestheaders(f)
+            assert f.response is None
+            assert f.request.headers["authorization"] == "Bearer sk-provider-key-0123456789"
+        finally:
+            b.done()
+
+
+def test_warns_about_stream_large_bodies(addon, caplog):
+    addon.tctx.options.stream_large_bodies = "1m"
+    with caplog.at_level(logging.WARNING):
+        addon.running()
+    assert "stream_large_bodies is set" in caplog.text
+
+
+def test_the_log_file_gets_the_masked_line(addon, tmp_path):
+    """A client can put anything in its path; the file goes through the secret filter as the log does."""
+    log_file = tmp_path / "summary.log"
+    addon.tctx.configure(addon, cf_token=TOKEN, cf_log_file=str(log_file))
+    f = reverse_flow(path=f"/v1/{TOKEN}/models", method="GET", content=b"")
+    send(addon, f)
+    text = log_file.read_text()
+    assert "/models" in text and TOKEN not in text

@@ -247,7 +247,43 @@ class ChatView(_ViewBase):  # type: ignore[misc,valid-type,unused-ignore]
         render = _json_renderer(obj, known, _side(metadata))
         if render is None:
             raise ValueError("not a request or response of a known LLM API")
-        return render(obj)
+        obj, cut = bounded(obj)
+        text = render(obj)
+        if cut:
+            text = f"… truncated: lists cut at {MAX_ITEMS} items, {MAX_NODES} values in all\n\n{text}"
+        return text
+
+
+MAX_ITEMS = 2_000
+"""Items of one list (messages, content blocks, input items, tools) a transcript shows: a 16 MiB
+body of tiny messages would otherwise take a second to render, on mitmproxy's event loop."""
+
+
+MAX_NODES = 200_000
+"""Values a transcript looks at, in all: past this, lists are left out (nested lists multiply)."""
+
+
+def bounded(obj: Any) -> tuple[Any, bool]:
+    """obj with every list cut to MAX_ITEMS items and MAX_NODES values in all; whether anything was cut."""
+    budget = [MAX_NODES]
+    cut = [False]
+
+    def walk(v: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if isinstance(v, list):
+            if len(v) > MAX_ITEMS or budget[0] <= 0 or depth > 32:
+                cut[0] = True
+                v = v[: max(0, min(MAX_ITEMS, budget[0]))] if depth <= 32 else []
+            return [walk(item, depth + 1) for item in v]
+        if isinstance(v, dict):
+            if budget[0] <= 0 or depth > 32:
+                cut[0] = True
+                return {}
+            return {k: walk(item, depth + 1) for k, item in v.items()}
+        return v
+
+    out = walk(obj, 0)
+    return out, cut[0]
 
 
 def register() -> bool:

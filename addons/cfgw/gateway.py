@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -77,7 +78,7 @@ class CfGateway:
         self.secrets_env: dict[str, str | None] = {}
         self.literal_secrets: dict[str, str | None] = {}
         self.explained: set[int] = set()
-        self.stash = Stash()
+        self.stash = Stash()  # replaced in load by the master's, which outlives a reload
         self.sighup = False
 
     # -- options ---------------------------------------------------------------------
@@ -87,9 +88,19 @@ class CfGateway:
         # Secrets given literally are kept off the options (config.hide_literal_secrets); they must
         # outlive a reload of this script, so they live on the master, which a reload keeps.
         self.literal_secrets = vars(loader.master).setdefault("cf_gateway_literal_secrets", {})
+        # Likewise the replay stash: an edit to a module must not make every earlier flow unreplayable.
+        self.stash = Stash(entries=vars(loader.master).setdefault("cf_gateway_stash", OrderedDict()))
         defaults = config.option_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
+        options = loader.master.options
+        # On a reload mitmproxy replaces an option whose default or help changed (a new .env, an
+        # edited help text) and resets its value: a --set PROXY_KEYS would be gone, and with it
+        # access control. What was in force before the reload stays in force.
+        before = {o.name: getattr(options, o.name) for o in config.OPTIONS if o.name in options}
         for o in config.OPTIONS:
             loader.add_option(o.name, str, defaults[o.name], o.spec.help)
+        reset = {name: value for name, value in before.items() if getattr(options, name) != value}
+        if reset:
+            options.update(**reset)
         self.refuse_repeated_options(loader.master.options)
         logs.install(self.secret_filter)
 
@@ -105,7 +116,7 @@ class CfGateway:
                 log.error(self.startup_problem)
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name in config.BY_OPTION for name in updated) and "mode" not in updated:
+        if not any(name in config.BY_OPTION for name in updated) and not {"mode", "listen_host"} & updated:
             return
         values = {o.name: getattr(ctx.options, o.name) for o in config.OPTIONS}
         secrets = {**self.secrets_env, **self.literal_secrets}
@@ -166,6 +177,11 @@ class CfGateway:
                 )
 
     def running(self) -> None:
+        if ctx.options.stream_large_bodies:
+            log.warning(
+                "cf-gateway: stream_large_bodies is set: requests larger than it are streamed before the "
+                "addon can rewrite them, and fail (502); unset it (event streams are relayed live anyway)"
+            )
         modes = [mode_specs.ProxyMode.parse(m) for m in ctx.options.mode]
         if (
             any(isinstance(m, mode_specs.ReverseMode) for m in modes)
@@ -306,11 +322,11 @@ class CfGateway:
     def destination(flow: http.HTTPFlow, s: Settings) -> tuple[routes.Destination, str]:
         req = flow.request
         if flow.is_replay == "request" and req.host == s.base_url.host:
-            route = routes.route_of(req.path.partition("?")[0], s.gateway_prefix)
-            if route is not None:  # a replay of a flow we already rewrote
-                return routes.Destination(
-                    route, req.path.partition("?")[0][len(s.gateway_prefix) :]
-                ), req.path
+            path = req.path.partition("?")[0]
+            route = routes.route_of(path, s.gateway_prefix)
+            if route is not None:  # a replay of a flow we already rewrote (and maybe edited)
+                routes.check_target(req.path)
+                return routes.Destination(route, path[len(s.gateway_prefix) :]), req.path
         return routes.map_target(req.path, s.gateway_prefix, s.routes)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -389,6 +405,7 @@ class CfGateway:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         info = self.flows.get(flow)
         if info is None or self.settings is None:
+            self.mask_unaccounted(flow)
             return
         self.mask(flow, info)
         resp = flow.response
@@ -426,6 +443,7 @@ class CfGateway:
     def error(self, flow: http.HTTPFlow) -> None:
         info = self.flows.get(flow)
         if info is None or self.settings is None:
+            self.mask_unaccounted(flow)
             return
         self.mask(flow, info)
         self.finish(flow, info)
@@ -437,6 +455,12 @@ class CfGateway:
         if self.settings is not None and self.settings.redact:
             if info.upstream and isinstance(flow.metadata.get(META), dict):
                 self.stash.keep(flow, flow.metadata[META])
+            auth.redact(flow.request.headers)
+
+    def mask_unaccounted(self, flow: http.HTTPFlow) -> None:
+        """Flows the addon never took on (mitmproxy refused their headers before requestheaders,
+        or the addon is not configured) still get their secrets masked: masking is the default."""
+        if is_reverse(flow) and (self.settings is None or self.settings.redact):
             auth.redact(flow.request.headers)
 
     def finish(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
@@ -465,7 +489,7 @@ class CfGateway:
             if s.log_requests:
                 log.info(line)
             if self.log_file:
-                self.log_file.write(line)
+                self.log_file.write(self.secret_filter.masked(line))
         self.explain_gateway_error(record)
         if info.upstream:
             comment = summary.flow_comment(record)

@@ -31,9 +31,14 @@ class Unrestorable(Exception):
 
 
 class Stash:
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = MAX_ENTRIES,
+        entries: OrderedDict[str, tuple[tuple[bytes, bytes, bytes], ...]] | None = None,
+    ) -> None:
         self.max_entries = max_entries
-        self.entries: OrderedDict[str, tuple[tuple[bytes, bytes, bytes], ...]] = OrderedDict()
+        self.entries = OrderedDict() if entries is None else entries
+        """handle -> (lower-case name, masked value, real value) per secret header; may be shared."""
 
     def __len__(self) -> int:
         return len(self.entries)
