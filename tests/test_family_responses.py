@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from cfgw import family_responses as fr
 from cfgw.family import Family, Usage
+from cfgw.family_chat import openai_error_body
 from cfgw.family_responses import (
     FAMILY,
     ResponsesStreamUsage,
     looks_like_request,
     looks_like_response,
-    openai_error_body,
     render_request,
     render_response,
     render_stream,

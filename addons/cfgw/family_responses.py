@@ -38,7 +38,6 @@ __all__ = [
     "ResponsesStreamUsage",
     "looks_like_request",
     "looks_like_response",
-    "openai_error_body",
     "render_request",
     "render_response",
     "render_stream",
