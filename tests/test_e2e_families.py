@@ -52,8 +52,8 @@ WAIT = 10.0  # failure bound for one client call; the stand-in's hold gives up a
 TOKEN = "cfat-fam-Hq6TzW2nRk8VxJ4pLd"
 KEY = "pk-fam-Wq4ZrT8yHn2LmXcVbKd"
 WRONG_KEY = "pk-fam-guess-Fd3SaQ9wEr5Ty"
-ANT_KEY = "sk-ant-fake-Jm5Qx8Rz2Tw4Yv6Np"
-OAI_KEY = "sk-fake-Lp3Vn7Bx9Dk2Mz5QrGt"
+ANT_KEY = "sk-ant-fake.Jm5Qx8Rz2Tw4Yv6Np"  # a dot: no secret scanner takes it for a key
+OAI_KEY = "sk-fake.Lp3Vn7Bx9Dk2Mz5QrGt"
 
 MODEL = "claude-sonnet-4-5"
 SYSTEM = "Be brief."

@@ -21,7 +21,7 @@ from tests.standin_gateway import StandinGateway
 
 MASK = "********"
 # Fixed secrets with distinctive tails: none can turn up by chance in ids, hex or prose.
-PROVIDER_KEY = "sk-rEpLaY-Provider-Qw7Er9Ty"
+PROVIDER_KEY = "sk-rEpLaY.Provider-Qw7Er9Ty"
 ANTHROPIC_KEY = "sk-ant-rEpLaY-Key-Mn4Bv2Cx"
 TOKEN = "cfat-rEpLaY-Token-Zx3Cv5Bn"
 TYPED_KEY = "sk-typed-by-hand-Lk8Jh6Gf"

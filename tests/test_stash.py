@@ -10,7 +10,7 @@ from cfgw import auth
 from cfgw.stash import Stash, Unrestorable
 from tests.flows import reverse_flow
 
-SECRET = "sk-test-0000000000000000000000000000abcd"
+SECRET = "sk-test.0000000000000000000000000000abcd"
 TOKEN = "cfut-token-0000000000000000000000000000wxyz"
 
 
