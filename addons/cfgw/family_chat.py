@@ -113,7 +113,7 @@ def _has_usage_object(data: str) -> bool:
     return False
 
 
-USAGE_EVENTS = re.compile(rb'"usage"\s*:\s*\{')
+USAGE_EVENTS = re.compile(_USAGE_OBJECT.pattern.encode())
 """The include_usage chunk (every other chunk says ``"usage": null``, when it says anything)."""
 
 

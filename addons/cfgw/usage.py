@@ -230,7 +230,7 @@ def parsed(body: bytes) -> object | None:
         m = _USAGE_KEY.match(body, pos) if pos != -1 else None
         if m is None:
             return None
-        obj, _ = json.JSONDecoder().raw_decode(body[m.end() : m.end() + _HEAD].decode("utf-8", "replace"))
+        obj, _ = _DECODER.raw_decode(body[m.end() : m.end() + _HEAD].decode("utf-8", "replace"))
         return {"usage": obj}
     except (ValueError, RecursionError):  # RecursionError: nesting too deep for the json module
         return None
