@@ -151,7 +151,7 @@ class CfGateway:
             self.log_file = logs.SummaryFile(settings.log_file) if settings.log_file else None
             if logs.STDOUT in (settings.log_file, old_log_file):
                 self.terminal_output(sys.stderr if settings.log_file == logs.STDOUT else sys.stdout)
-            self.reopen_on_sighup(self.log_file is not None and self.log_file.path != logs.STDOUT)
+            self.reopen_on_sighup(self.has_log_file())
         if settings != self.settings:
             gateway = settings.gateway_id + (
                 " (Cloudflare's auto-created gateway)" if settings.gateway_id == "default" else ""
@@ -191,7 +191,7 @@ class CfGateway:
                 "cf-gateway: connection_strategy=eager: if the --mode reverse: target is unreachable, "
                 "clients get an empty reply instead of a 502; run with --set connection_strategy=lazy"
             )
-        self.reopen_on_sighup(self.log_file is not None and self.log_file.path != logs.STDOUT)
+        self.reopen_on_sighup(self.has_log_file())
 
     @staticmethod
     def terminal_output(out) -> None:
@@ -217,6 +217,10 @@ class CfGateway:
         except (AttributeError, NotImplementedError, RuntimeError):  # Windows, or no event loop yet
             return
         self.sighup = wanted
+
+    def has_log_file(self) -> bool:
+        """A summary file of its own (not standard output): the one thing SIGHUP is for."""
+        return self.log_file is not None and self.log_file.path != logs.STDOUT
 
     def reopen_log_file(self) -> None:
         if self.log_file:
