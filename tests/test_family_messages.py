@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cfgw import family_messages as fm
+from cfgw import sse
 from cfgw.family import Usage as FamilyUsage
 from cfgw.family_messages import (
     FAMILY,
@@ -247,18 +248,8 @@ stop_reason: tool_use
 
 
 def split_sse(text):
-    """A tiny SSE splitter for the tests (the real incremental one lives in cfgw.sse)."""
-    out = []
-    for raw in text.split("\n\n"):
-        name, data = "", []
-        for line in raw.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-        if data:
-            out.append(Event(name, "\n".join(data)))
-    return out
+    """Events of an SSE text, as the proxy's own parser splits them."""
+    return sse.parse(text.encode())
 
 
 # --- the Family -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cfgw import family_responses as fr
+from cfgw import sse
 from cfgw.family import Family, Usage
 from cfgw.family_chat import openai_error_body
 from cfgw.family_responses import (
@@ -256,18 +257,8 @@ def to_sse(events):
 
 
 def from_sse(text):
-    """A minimal SSE split for tests (the real incremental parser lives in cfgw.sse)."""
-    out = []
-    for block in text.split("\n\n"):
-        name, data = "", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-        if data:
-            out.append(Event(name, "\n".join(data)))
-    return out
+    """Events of an SSE text, as the proxy's own parser splits them."""
+    return sse.parse(text.encode())
 
 
 def sdk_client(handler):
