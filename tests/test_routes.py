@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cfgw.families import BY_NAME
@@ -201,3 +202,165 @@ def test_every_family_a_path_can_name_has_a_module_and_every_route_a_family():
     assert set(FAMILY_NAMES) == set(BY_NAME)
     assert {family for _, family, _, _ in PROVIDER_ROUTES} <= set(BY_NAME)
     assert ROUTE_NAMES == ("compat", "anthropic", "openai")
+
+
+# --- The per-request checks were made cheaper (issue 13); these are the implementations they replaced,
+# --- kept verbatim so that property tests can prove the answers did not change.
+
+_REFERENCE_FORBIDDEN_ESCAPES = {f"{b:02X}" for b in (*range(0x20), *range(0x7F, 0x100))} | {
+    "2E",  # .
+    "2F",  # /
+    "5C",  # \
+    "25",  # %
+}
+_REFERENCE_ESCAPE_RE = re.compile(r"%(.{0,2})", re.DOTALL)
+_REFERENCE_HEX2_RE = re.compile(r"[0-9A-Fa-f]{2}")
+
+
+def _reference_under(path: str, prefix: str) -> bool:
+    return path == prefix or (path.startswith(prefix) and path[len(prefix)] == "/")
+
+
+def reference_client_path(path: str) -> str:
+    return path[3:] if _reference_under(path, "/v1") else path
+
+
+def reference_family_of(path: str) -> str:
+    for prefix, family, _, _ in PROVIDER_ROUTES:
+        if _reference_under(path, prefix):
+            return family
+    return "chat" if reference_client_path(path) == "/chat/completions" else "other"
+
+
+def reference_destination(path: str, mode: str) -> Destination:
+    if mode == "auto":
+        for prefix, _, route, upstream in PROVIDER_ROUTES:
+            if _reference_under(path, prefix):
+                return Destination(route, upstream + path[len(prefix) :])
+    return Destination("compat", "/compat" + reference_client_path(path))
+
+
+def reference_check_target(target: str) -> None:
+    if not target.startswith("/"):
+        raise UnsafePath("the request target must be a path starting with '/'")
+    for ch in target:
+        if not ("\x21" <= ch <= "\x7e"):
+            raise UnsafePath("the request target contains a control, space or non-ASCII character")
+    path = target.partition("?")[0]
+    if "\\" in path:
+        raise UnsafePath("the path contains a backslash")
+    if "//" in path:
+        raise UnsafePath("the path contains an empty segment ('//')")
+    for segment in path.split("/"):
+        if segment.startswith("."):
+            raise UnsafePath("the path contains a dot segment")
+    for m in _REFERENCE_ESCAPE_RE.finditer(path):
+        code = m.group(1)
+        if not _REFERENCE_HEX2_RE.fullmatch(code):
+            raise UnsafePath("the path contains a malformed percent-escape")
+        if code.upper() in _REFERENCE_FORBIDDEN_ESCAPES:
+            raise UnsafePath(f"the path contains the encoded character %{code}")
+
+
+def reference_map_target(target: str, gateway_prefix: str, mode: str = "auto") -> tuple[Destination, str]:
+    reference_check_target(target)
+    path, sep, query = target.partition("?")
+    dest = reference_destination(path, mode)
+    return dest, gateway_prefix + dest.path + sep + query
+
+
+def outcome(fn, *args):
+    """What a call answered: its result, or the exception's type and message."""
+    try:
+        return "returned", fn(*args)
+    except Exception as e:  # any difference must show, an unexpected error too
+        return type(e), str(e)
+
+
+# Characters each check looks at, and the neighbours of the allowed range 0x21-0x7E.
+_PRINTABLE = [*"/.%?\\#;:@&=+~!-_*'()[]", *"0123456789abcdefABCDEFgGzZ"]
+_REFUSED = "\x00\t\n\r\x1f \x7f\x80\x85\xa0\xffé\u0131\u2028\ufeff\ud800\U0001f600"
+_PIECES = (
+    "/ // .. /. ./ %2e %2E %2f %2F %5c %5C %25 %00 %7f %7e %c0 %20 %41 %% %4 %g1 v1 /v1 /messages /responses "
+    "/chat/completions"
+).split()
+_target_pieces = st.lists(
+    st.one_of(
+        st.sampled_from(_PRINTABLE),
+        st.sampled_from(_PIECES),
+        st.text("abcxyz09-_~", min_size=1, max_size=4),  # plain segments, so that many targets pass
+    ),
+    max_size=12,
+)
+
+
+def _target(path: list[str], query: list[str] | None, refused: tuple[int, str] | None) -> str:
+    target = "/" + "".join(path) + ("" if query is None else "?" + "".join(query))
+    if refused is None:
+        return target
+    at = refused[0] % (len(target) + 1)
+    return target[:at] + refused[1] + target[at:]
+
+
+# One refused character anywhere refuses the whole target, so only about a quarter of them get one.
+targets = st.builds(
+    _target,
+    _target_pieces,
+    st.none() | _target_pieces,
+    st.one_of(
+        st.none(),
+        st.none(),
+        st.none(),
+        st.tuples(st.integers(0, 60), st.sampled_from(_REFUSED) | st.characters()),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(targets)
+@example("/v1/chat/completions")
+@example("/v1/models?limit=2&after=x")
+@example("/a/.b?%zz")  # the query is not checked for escapes or dot segments
+@example("/a%2e/..")  # dot segment reported before the escape
+@example("/a%zz%2e")  # the first escape decides the message
+@example("/a%%2e")  # escapes do not overlap: '%%2' is malformed
+@example("/a%2\\")  # backslash reported before the malformed escape
+@example("/ /..")  # the character check runs over the whole target first
+@example("")
+@example("*")
+@example("\\x")
+@example("./x")
+@example("http://x/y")
+@example("\x00/x")
+def test_check_target_answers_as_before(target):
+    assert outcome(check_target, target) == outcome(reference_check_target, target)
+    for mode in ("auto", "compat"):
+        expected = outcome(reference_map_target, target, GATEWAY, mode)
+        assert outcome(map_target, target, GATEWAY, mode) == expected
+
+
+@pytest.mark.parametrize("code", [chr(c) for c in range(0x100)] + ["\ud800", "\U0010ffff"])
+def test_every_character_is_judged_as_before(code):
+    for target in ("/a" + code, "/a?" + code, code + "/a", "/a/" + code + "b", "/a%" + code + "0"):
+        assert outcome(check_target, target) == outcome(reference_check_target, target)
+
+
+def test_every_two_character_escape_is_judged_as_before():
+    alphabet = "0123456789abcdefABCDEFgG%/.~-"
+    for a in alphabet:
+        for b in alphabet:
+            for target in (f"/x%{a}{b}", f"/x%{a}{b}/y", f"/x%{a}"):
+                assert outcome(check_target, target) == outcome(reference_check_target, target), target
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([*_PIECES, "x", "", "?"]), max_size=6).map("".join))
+@example("")
+@example("/v1")
+@example("/v1x")
+@example("/messages")
+def test_family_and_destination_answer_as_before(path):
+    assert family_of(path) == reference_family_of(path)
+    assert client_path(path) == reference_client_path(path)
+    for mode in ("auto", "compat"):
+        assert outcome(destination, path, mode) == outcome(reference_destination, path, mode)

@@ -57,21 +57,26 @@ ROUTE_NAMES = ("compat", *dict.fromkeys(route for _, _, route, _ in PROVIDER_ROU
 FAMILY_NAMES = ("chat", "messages", "responses", "other")
 
 
+# Per request, most paths name no provider route: one startswith over all prefixes says so.
+_PROVIDER_PREFIXES = tuple(prefix for prefix, _, _, _ in PROVIDER_ROUTES)
+
+
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or (path.startswith(prefix) and path[len(prefix)] == "/")
 
 
 def family_of(path: str) -> str:
     """The API family a client path speaks, whatever route it takes (it decides the error shape)."""
-    for prefix, family, _, _ in PROVIDER_ROUTES:
-        if _under(path, prefix):
-            return family
-    return "chat" if client_path(path) == "/chat/completions" else "other"
+    if path.startswith(_PROVIDER_PREFIXES):
+        for prefix, family, _, _ in PROVIDER_ROUTES:
+            if _under(path, prefix):
+                return family
+    return "chat" if path in ("/v1/chat/completions", "/chat/completions") else "other"
 
 
 def destination(path: str, mode: str) -> Destination:
     """Route and upstream sub-path (no query) for a checked client path; mode is cf_routes."""
-    if mode == "auto":
+    if mode == "auto" and path.startswith(_PROVIDER_PREFIXES):
         for prefix, _, route, upstream in PROVIDER_ROUTES:
             if _under(path, prefix):
                 return Destination(route, upstream + path[len(prefix) :])
@@ -88,35 +93,42 @@ def route_of(upstream_path: str, gateway_prefix: str) -> str | None:
 
 def check_target(target: str) -> None:
     """Raise UnsafePath if the request target is not a plain, safe origin-form path."""
+    _safe_path(target)
+
+
+def _safe_path(target: str) -> str:
+    """The path part of a safe target, else UnsafePath; the checks run in a fixed order, so each
+    target always gets the same message. Runs on every request: C-level string tests only, the
+    escape scan just for paths that have a '%'."""
     if not target.startswith("/"):
         raise UnsafePath("the request target must be a path starting with '/'")
-    for ch in target:
-        if not ("\x21" <= ch <= "\x7e"):
-            raise UnsafePath("the request target contains a control, space or non-ASCII character")
+    # ASCII and printable is 0x20-0x7E; without the space, exactly the allowed 0x21-0x7E.
+    if not (target.isascii() and target.isprintable()) or " " in target:
+        raise UnsafePath("the request target contains a control, space or non-ASCII character")
     path = target.partition("?")[0]
     if "\\" in path:
         raise UnsafePath("the path contains a backslash")
     if "//" in path:
         raise UnsafePath("the path contains an empty segment ('//')")
-    for segment in path.split("/"):
-        if segment.startswith("."):
-            raise UnsafePath("the path contains a dot segment")
-    for m in _ESCAPE_RE.finditer(path):
-        code = m.group(1)
-        if not _HEX2_RE.fullmatch(code):
-            raise UnsafePath("the path contains a malformed percent-escape")
-        if code.upper() in _FORBIDDEN_ESCAPES:
-            raise UnsafePath(f"the path contains the encoded character %{code}")
+    if "/." in path:  # the path starts with '/', so every segment follows one
+        raise UnsafePath("the path contains a dot segment")
+    if "%" in path:
+        for m in _ESCAPE_RE.finditer(path):
+            code = m.group(1)
+            if not _HEX2_RE.fullmatch(code):
+                raise UnsafePath("the path contains a malformed percent-escape")
+            if code.upper() in _FORBIDDEN_ESCAPES:
+                raise UnsafePath(f"the path contains the encoded character %{code}")
+    return path
 
 
 def client_path(path: str) -> str:
     """The compat sub-path a path names: a leading '/v1' segment is dropped."""
-    return path[3:] if _under(path, "/v1") else path
+    return path[3:] if path == "/v1" or path.startswith("/v1/") else path
 
 
 def map_target(target: str, gateway_prefix: str, mode: str = "auto") -> tuple[Destination, str]:
     """(destination, upstream request target with the query kept) for a client target, or UnsafePath."""
-    check_target(target)
-    path, sep, query = target.partition("?")
+    path = _safe_path(target)
     dest = destination(path, mode)
-    return dest, gateway_prefix + dest.path + sep + query
+    return dest, gateway_prefix + dest.path + target[len(path) :]  # '?' and the query as they came
