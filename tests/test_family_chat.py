@@ -271,12 +271,18 @@ def test_usage_responses_api_names_are_a_fallback():
         {"usage": {"prompt_tokens": "12", "total_tokens": True}},
         {"usage": {"prompt_tokens": -1}},
         {"usage": {"prompt_tokens": 1.5}},
+        {"usage": {"prompt_tokens": 10**400}},  # would overflow the metrics' floats
+        {"usage": {"prompt_tokens": 2**53 + 1}},
         {"usage": {"prompt_tokens_details": {"cached_tokens": 5}}},
         {"no": "usage"},
     ],
 )
 def test_usage_from_json_junk(body):
     assert usage_from_json(body) is None
+
+
+def test_the_largest_count_is_kept():
+    assert usage_from_json({"usage": {"prompt_tokens": 2**53}}) == Usage(2**53, None, None)
 
 
 def test_usage_details_of_the_wrong_type_are_ignored():

@@ -414,7 +414,8 @@ def test_usage_from_json_keeps_valid_fields_only():
     assert usage_from_json(
         {"usage": {"input_tokens": 5, "output_tokens": None, "cache_read_input_tokens": 2.0}}
     ) == (Usage(input_tokens=5))
-    assert usage_from_json({"usage": {"output_tokens": 10**30}}) == Usage(output_tokens=10**30)
+    assert usage_from_json({"usage": {"output_tokens": 10**15}}) == Usage(output_tokens=10**15)
+    assert usage_from_json({"usage": {"output_tokens": 10**30}}) is None  # no response has that many
 
 
 # --- stream usage ---------------------------------------------------------------------------

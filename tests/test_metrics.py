@@ -7,13 +7,23 @@ import random
 import string
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy.connection import ConnectionState
 from mitmproxy.test import tflow, tutils
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from cfgw import summary
 from cfgw.flowinfo import FlowInfo
-from cfgw.metrics import MAX_MODELS, OTHER, Metrics, error_reason
+from cfgw.metrics import BUCKETS, MAX_MODELS, MODEL_RE, OTHER, Metrics, error_reason
 from cfgw.routes import FAMILY_NAMES, Destination
 from cfgw.summary import FlowRecord
 from tests.flows import reverse_flow
@@ -369,3 +379,212 @@ def test_status_label_is_the_number():
 )
 def test_error_reasons_fold_into_a_few_values(message, reason):
     assert error_reason(message) == reason
+
+
+# --- the same exposition as prometheus_client's own Counter and Histogram ------------------------------
+
+
+def test_a_fresh_instance_shows_every_family_and_only_the_gauge_has_a_sample():
+    families = exposition(Metrics())
+    assert [(name, kind) for name, kind, _, _ in families] == [
+        ("cf_gateway_requests", "counter"),
+        ("cf_gateway_request_duration_seconds", "histogram"),
+        ("cf_gateway_time_to_first_byte_seconds", "histogram"),
+        ("cf_gateway_tokens", "counter"),
+        ("cf_gateway_upstream_errors", "counter"),
+        ("cf_gateway_client_disconnects", "counter"),
+        ("cf_gateway_streams_in_flight", "gauge"),
+    ]
+    assert [samples for *_, samples in families] == [[]] * 6 + [[("cf_gateway_streams_in_flight", {}, 0.0)]]
+    assert b"\ncf_gateway_streams_in_flight 0.0\n" in Metrics().render()
+
+
+@pytest.mark.parametrize(
+    ("duration_ms", "le"),
+    [
+        (0, "0.005"),
+        (5, "0.005"),
+        (6, "0.01"),
+        (1000, "1.0"),
+        (1001, "2.5"),
+        (120_000, "120.0"),
+        (120_001, "+Inf"),
+    ],
+)
+def test_a_duration_on_a_bucket_bound_counts_in_that_bucket(duration_ms, le):
+    m = Metrics()
+    m.observe(record(duration_ms=duration_ms))
+    buckets = {
+        dict(labels)["le"]: v
+        for (name, labels), v in scrape(m).items()
+        if name == "cf_gateway_request_duration_seconds_bucket"
+    }
+    assert " ".join(buckets) == "0.005 0.01 0.025 0.05 0.1 0.25 0.5 1.0 2.5 5.0 10.0 30.0 60.0 120.0 +Inf"
+    first = list(buckets).index(le)
+    assert list(buckets.values()) == [0.0] * first + [1.0] * (len(buckets) - first)
+    assert value(scrape(m), "cf_gateway_request_duration_seconds_sum", model=MODEL) == duration_ms / 1000
+
+
+def test_counts_print_as_floats():
+    m = Metrics()
+    m.observe(record())
+    m.streams.inc()
+    text = m.render().decode()
+    assert 'cf_gateway_requests_total{family="chat",model="openai/gpt-4o-mini",status="200"} 1.0\n' in text
+    assert 'cf_gateway_tokens_total{kind="prompt",model="openai/gpt-4o-mini"} 11.0\n' in text
+    assert 'cf_gateway_request_duration_seconds_count{model="openai/gpt-4o-mini"} 1.0\n' in text
+    assert "cf_gateway_streams_in_flight 1.0\n" in text
+
+
+def exposition(m: Metrics | ReferenceMetrics) -> list[tuple[str, str, str, list[tuple[str, dict, float]]]]:
+    """The families in order, each with its type, help and samples (name, labels, value) in order."""
+    return [
+        (f.name, f.type, f.documentation, [(s.name, s.labels, s.value) for s in f.samples])
+        for f in text_string_to_metric_families(m.render().decode())
+    ]
+
+
+ON_BOUNDS_MS = [round(b * 1000) + d for b in BUCKETS for d in (-1, 0, 1)]
+"""Durations on, just under and just over every bucket bound."""
+
+
+MODELS = [MODEL, "claude-4-5", "gpt-5", "openai/" + "x" * 73, "openai/" + "x" * 74]
+MODELS += ["a b", 'q"', "ü", "\n", ""]  # never labels
+ERRORS = ["server closed connection", "[Errno 110] Connection timed out", "TLS handshake failed", "refused"]
+millis = st.one_of(st.none(), st.sampled_from(ON_BOUNDS_MS), st.integers(0, 10**7))
+tokens = st.one_of(st.none(), st.just(0), st.integers(0, 2**40))
+records = st.builds(
+    record,
+    family=st.one_of(st.sampled_from([*FAMILY_NAMES, "gemini", "", "chat\n"]), st.text(max_size=5)),
+    model=st.one_of(st.none(), st.sampled_from(MODELS), st.text(max_size=90)),
+    status=st.one_of(st.none(), st.sampled_from([200, 204, 299, 300, 400, 429, 502]), st.integers(100, 599)),
+    outcome=st.sampled_from(["ok", "local", "failed", "upstream_failed", "client_closed"]),
+    error=st.one_of(st.none(), st.just(""), st.sampled_from(ERRORS), st.text(max_size=20)),
+    duration_ms=millis,
+    ttfb_ms=millis,
+    prompt_tokens=tokens,
+    completion_tokens=tokens,
+    cached_tokens=tokens,
+    cache_creation_tokens=tokens,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(records, st.sampled_from(["inc", "dec"])), max_size=40))
+def test_exposition_equals_prometheus_clients_own(events):
+    m, reference = Metrics(), ReferenceMetrics()
+    for event in events:
+        for metrics in (m, reference):
+            if event == "inc":
+                metrics.streams.inc()
+            elif event == "dec":
+                metrics.streams.dec()
+            else:
+                metrics.observe(event)
+    assert exposition(m) == exposition(reference)
+    assert m.render() == reference.render()
+    assert m.models == reference.models
+
+
+# The *_created series double the output and say nothing a scraper needs.
+disable_created_metrics()
+
+
+class ReferenceMetrics:
+    """cfgw.metrics.Metrics as it was on prometheus_client's Counter, Histogram and Gauge (issue 13)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.models: set[str] = set()
+        self._children: dict[tuple, object] = {}  # bounded like the label values themselves
+        self.requests = Counter(
+            "cf_gateway_requests",
+            "Requests answered, by API family, model and the HTTP status the client got.",
+            ["family", "model", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "cf_gateway_request_duration_seconds",
+            "Time from request start to last response byte.",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "cf_gateway_time_to_first_byte_seconds",
+            "Time from the request being read to the first response (body) byte from upstream.",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "cf_gateway_tokens",
+            "Tokens reported in responses' usage, by model and kind.",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "cf_gateway_upstream_errors",
+            "Flows whose upstream (the gateway) failed, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.client_disconnects = Counter(
+            "cf_gateway_client_disconnects",
+            "Flows the client hung up on before its answer was complete, by API family.",
+            ["family"],
+            registry=self.registry,
+        )
+        self.streams = Gauge(
+            "cf_gateway_streams_in_flight",
+            "Event streams being relayed right now.",
+            registry=self.registry,
+        )
+
+    def model_label(self, model: str | None, status: int | None) -> str:
+        if not model:
+            return OTHER
+        if model in self.models:
+            return model
+        if (
+            status is not None
+            and 200 <= status < 300
+            and len(self.models) < MAX_MODELS
+            and MODEL_RE.fullmatch(model)
+        ):
+            self.models.add(model)
+            return model
+        return OTHER
+
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe(self, r: FlowRecord) -> None:
+        model = self.model_label(r.model, r.status)
+        family = r.family if r.family in FAMILY_NAMES else OTHER
+        if r.status is not None:
+            self.child(self.requests, family, model, str(r.status)).inc()
+        if r.outcome == "upstream_failed" and r.error:
+            self.child(self.upstream_errors, error_reason(r.error)).inc()
+        elif r.outcome == "client_closed":
+            self.child(self.client_disconnects, family).inc()
+        if r.duration_ms is not None:
+            self.child(self.duration, model).observe(r.duration_ms / 1000)
+        if r.ttfb_ms is not None and r.status is not None:
+            self.child(self.ttfb, model).observe(r.ttfb_ms / 1000)
+        for kind, n in (
+            ("prompt", r.prompt_tokens),
+            ("completion", r.completion_tokens),
+            ("cached", r.cached_tokens),
+            ("cache_creation", r.cache_creation_tokens),
+        ):
+            if n:
+                self.child(self.tokens, model, kind).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -46,9 +46,13 @@ class Usage:
         return sum(p or 0 for p in parts)
 
 
+MAX_COUNT = 1 << 53
+"""Counts above this are refused: no response holds that many tokens, and a metric is a float."""
+
+
 def count(v: Any) -> int | None:
-    """A token count is a non-negative int (bool and float are refused)."""
-    return v if type(v) is int and v >= 0 else None
+    """A token count is a non-negative int up to MAX_COUNT (bool and float are refused)."""
+    return v if type(v) is int and 0 <= v <= MAX_COUNT else None
 
 
 class StreamUsage(Protocol):

@@ -4,27 +4,26 @@ Label values are bounded so a client cannot grow memory by sending random
 model names: a model gets its own label only once the gateway has answered it
 with a 2xx, only while it is short and plain, and only up to MAX_MODELS;
 everything else counts as "other".
+
+Counting is plain arithmetic on dicts, not prometheus_client's Counter and
+Histogram: observe() runs once per flow on mitmproxy's event loop, and their
+locks and value objects cost several microseconds a flow. /metrics is rendered
+on that same thread, so nothing here needs a lock; a collector turns the
+dicts into metric families (no *_created series) when scraped.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from cfgw.routes import FAMILY_NAMES
 from cfgw.summary import FlowRecord
-
-# The *_created series double the output and say nothing a scraper needs.
-disable_created_metrics()
 
 MAX_MODELS = 100
 MODEL_RE = re.compile(r"[A-Za-z0-9@._:/-]{1,80}")
@@ -66,58 +65,79 @@ def error_reason(message: str) -> str:
     return OTHER
 
 
+_BOUNDS = tuple(float(b) for b in BUCKETS)
+_LE = (*(floatToGoString(b) for b in _BOUNDS), "+Inf")
+_SUM = len(_LE)
+"""A histogram is a list: one count per bucket of _LE (not cumulative), then the sum of what it saw."""
+
+
+class StreamsInFlight:
+    """A gauge with inc() and dec() like prometheus_client's, minus the lock the event loop never needs."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+
+def _count(counts: dict[tuple[str, ...], float], labels: tuple[str, ...], n: float = 1) -> None:
+    counts[labels] = counts.get(labels, 0.0) + n
+
+
+def _observe(histograms: dict[str, list[float]], model: str, seconds: float) -> None:
+    counts = histograms.get(model)
+    if counts is None:
+        counts = histograms[model] = [0.0] * (_SUM + 1)
+    counts[bisect_left(_BOUNDS, seconds)] += 1  # the first bucket with seconds <= its bound
+    counts[_SUM] += seconds
+
+
+def _counter_family(
+    name: str, documentation: str, labels: list[str], counts: dict[tuple[str, ...], float]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, n in counts.items():
+        family.add_metric(values, n)
+    return family
+
+
+def _histogram_family(
+    name: str, documentation: str, histograms: dict[str, list[float]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=["model"])
+    for model, counts in histograms.items():
+        cumulative, seen = [], 0.0
+        for le, n in zip(_LE, counts[:_SUM], strict=True):
+            seen += n
+            cumulative.append((le, seen))
+        family.add_metric([model], cumulative, counts[_SUM])
+    return family
+
+
 class Metrics:
-    """The proxy's counters; one instance per addon, observed once per finished flow."""
+    """The proxy's counters; one instance per addon, observed once per finished flow.
+
+    It is its own prometheus_client collector: render() asks the registry, the
+    registry asks collect(), and collect() reads the counts as they are.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self.models: set[str] = set()
-        self._children: dict[tuple, object] = {}  # bounded like the label values themselves
-        self.requests = Counter(
-            "cf_gateway_requests",
-            "Requests answered, by API family, model and the HTTP status the client got.",
-            ["family", "model", "status"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "cf_gateway_request_duration_seconds",
-            "Time from request start to last response byte.",
-            ["model"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.ttfb = Histogram(
-            "cf_gateway_time_to_first_byte_seconds",
-            "Time from the request being read to the first response (body) byte from upstream.",
-            ["model"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.tokens = Counter(
-            "cf_gateway_tokens",
-            "Tokens reported in responses' usage, by model and kind.",
-            ["model", "kind"],
-            registry=self.registry,
-        )
-        self.upstream_errors = Counter(
-            "cf_gateway_upstream_errors",
-            "Flows whose upstream (the gateway) failed, by reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.client_disconnects = Counter(
-            "cf_gateway_client_disconnects",
-            "Flows the client hung up on before its answer was complete, by API family.",
-            ["family"],
-            registry=self.registry,
-        )
-        self.streams = Gauge(
-            "cf_gateway_streams_in_flight",
-            "Event streams being relayed right now.",
-            registry=self.registry,
-        )
+        self.requests: dict[tuple[str, ...], float] = {}  # (family, model, status)
+        self.tokens: dict[tuple[str, ...], float] = {}  # (model, kind)
+        self.upstream_errors: dict[tuple[str, ...], float] = {}  # (reason,)
+        self.client_disconnects: dict[tuple[str, ...], float] = {}  # (family,)
+        self.duration: dict[str, list[float]] = {}  # model -> histogram
+        self.ttfb: dict[str, list[float]] = {}
+        self.streams = StreamsInFlight()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
 
     def model_label(self, model: str | None, status: int | None) -> str:
         if not model:
@@ -134,27 +154,19 @@ class Metrics:
             return model
         return OTHER
 
-    def child(self, metric, *labels: str):
-        """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
-        key = (metric, labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
     def observe(self, r: FlowRecord) -> None:
         model = self.model_label(r.model, r.status)
         family = r.family if r.family in FAMILY_NAMES else OTHER
         if r.status is not None:
-            self.child(self.requests, family, model, str(r.status)).inc()
+            _count(self.requests, (family, model, str(r.status)))
         if r.outcome == "upstream_failed" and r.error:
-            self.child(self.upstream_errors, error_reason(r.error)).inc()
+            _count(self.upstream_errors, (error_reason(r.error),))
         elif r.outcome == "client_closed":
-            self.child(self.client_disconnects, family).inc()
+            _count(self.client_disconnects, (family,))
         if r.duration_ms is not None:
-            self.child(self.duration, model).observe(r.duration_ms / 1000)
+            _observe(self.duration, model, r.duration_ms / 1000)
         if r.ttfb_ms is not None and r.status is not None:
-            self.child(self.ttfb, model).observe(r.ttfb_ms / 1000)
+            _observe(self.ttfb, model, r.ttfb_ms / 1000)
         for kind, n in (
             ("prompt", r.prompt_tokens),
             ("completion", r.completion_tokens),
@@ -162,7 +174,47 @@ class Metrics:
             ("cache_creation", r.cache_creation_tokens),
         ):
             if n:
-                self.child(self.tokens, model, kind).inc(n)
+                _count(self.tokens, (model, kind), n)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families in a fixed order; a labelled one has no series before its first count."""
+        yield _counter_family(
+            "cf_gateway_requests",
+            "Requests answered, by API family, model and the HTTP status the client got.",
+            ["family", "model", "status"],
+            self.requests,
+        )
+        yield _histogram_family(
+            "cf_gateway_request_duration_seconds",
+            "Time from request start to last response byte.",
+            self.duration,
+        )
+        yield _histogram_family(
+            "cf_gateway_time_to_first_byte_seconds",
+            "Time from the request being read to the first response (body) byte from upstream.",
+            self.ttfb,
+        )
+        yield _counter_family(
+            "cf_gateway_tokens",
+            "Tokens reported in responses' usage, by model and kind.",
+            ["model", "kind"],
+            self.tokens,
+        )
+        yield _counter_family(
+            "cf_gateway_upstream_errors",
+            "Flows whose upstream (the gateway) failed, by reason.",
+            ["reason"],
+            self.upstream_errors,
+        )
+        yield _counter_family(
+            "cf_gateway_client_disconnects",
+            "Flows the client hung up on before its answer was complete, by API family.",
+            ["family"],
+            self.client_disconnects,
+        )
+        yield GaugeMetricFamily(
+            "cf_gateway_streams_in_flight", "Event streams being relayed right now.", value=self.streams.value
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
