@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from mitmproxy import addonmanager, http
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.addons.view import View
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -49,14 +50,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
 
 @contextlib.contextmanager
-def loaded(*set_args: str) -> Iterator[tuple[CfGateway, taddons.context]]:
+def loaded(*set_args: str, view: bool = True) -> Iterator[tuple[CfGateway, taddons.context]]:
     """The addon loaded the way mitmdump loads a script: mitmproxy's proxy options exist, and
     ``set_args`` (``--set`` arguments, e.g. "cf_redact=on") were given before it loaded, so those
     naming its options wait in ``options.deferred``. done() runs on exit: it takes the log-record
-    factory that load() installs for the whole process out again."""
+    factory that load() installs for the whole process out again. ``view``: the master has a flow
+    view, as mitmweb's does (mitmdump's has none)."""
     a = CfGateway()
     with taddons.context() as tctx:
         Proxyserver().load(addonmanager.Loader(tctx.master))  # body_size_limit, connection_strategy...
+        if view:
+            tctx.master.addons.add(View())  # a flow list, as mitmweb has: flows can be replayed
         tctx.options.set(*set_args, defer=True)
         tctx.master.addons.add(a)
         try:

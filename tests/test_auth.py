@@ -120,15 +120,20 @@ def test_redact_masks_every_secret_header_and_nothing_else():
             (b"proxy-authorization", f"Basic {KEY_A}".encode()),
             (b"x-custom", KEY_A.encode()),
             (b"content-type", b"application/json"),
+            (b"x-api-key", auth.MASK.encode() + b"beef"),  # masked already: not a secret to keep
         ]
     )
-    auth.redact(headers)
+    clear = [(name.lower(), value) for name, value in headers.fields[:6]]
+    found = auth.redact(headers)
+    assert [(name, real) for name, _, real in found] == clear  # for the replay stash, in order
+    assert [masked for _, masked, _ in found] == [value for _, value in headers.fields[:6]]
     assert headers.get_all("authorization") == [
         f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}",
         f"Bearer {auth.MASK}{KEY_A[-4:]}",
     ]
     assert headers["cf-aig-authorization"] == f"Bearer {auth.MASK}{TOKEN[-4:]}"
-    assert headers["x-api-key"] == headers["api-key"] == auth.MASK + KEY_B[-4:]
+    assert headers.get_all("x-api-key") == [auth.MASK + KEY_B[-4:], auth.MASK + "beef"]
+    assert headers["api-key"] == auth.MASK + KEY_B[-4:]
     assert headers["proxy-authorization"] == f"Basic {auth.MASK}{KEY_A[-4:]}"
     assert headers["x-custom"] == KEY_A  # not a known secret header
     assert headers["content-type"] == "application/json"
@@ -164,11 +169,9 @@ SET_CREDENTIALS = {  # id: (token, key_mode, strip other cf-aig-*, headers befor
 
 
 @pytest.mark.parametrize("case", SET_CREDENTIALS)
-def test_set_credentials(case):
+def test_with_credentials(case):
     token, key_mode, strip, before, after = SET_CREDENTIALS[case]
-    headers = fields(*before)
-    auth.set_credentials(headers, token, key_mode, strip)
-    assert headers.fields == fields(*after).fields
+    assert auth.with_credentials(fields(*before).fields, token, key_mode, strip) == fields(*after).fields
 
 
 # -- key files ---------------------------------------------------------------------------
@@ -410,7 +413,7 @@ def test_health_needs_no_key_and_is_not_logged(addon, caplog, method):
         assert f.response.raw_content == b"" and f.response.headers["content-length"] == "15"
     assert f.request.host == "127.0.0.1"
     assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{KEY_B[-4:]}"
-    assert not [r for r in caplog.records if r.name == "cf_gateway"]
+    assert not [r for r in caplog.records if r.name.startswith("cf_gateway")]
 
 
 def test_health_other_methods_are_not_local(addon):
@@ -494,6 +497,21 @@ def test_replay_gets_the_real_secret_back_and_is_masked_again(addon):
     f.response = tutils.tresp()
     addon.responseheaders(f)
     assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}"
+
+
+def test_mitmdump_keeps_no_secrets_for_replays(monkeypatch, tmp_path):
+    """mitmdump has no flow view: nothing can replay a finished flow, so no secret is kept for one."""
+    clean_environment(monkeypatch, tmp_path)
+    with loaded(view=False) as (a, tctx):
+        tctx.configure(a, **GOOD)
+        f = reverse_flow(headers=[("authorization", f"Bearer {PROVIDER_KEY}")])
+        send(a, f)
+        assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}"
+        assert len(a.stash) == 0 and "secrets" not in f.metadata["cf_gateway"]
+        replayed(f)
+        a.requestheaders(f)  # a script replaying it anyway gets a clear refusal, not the mask sent on
+        assert f.response is not None and f.response.status_code == 400
+        assert f.request.headers["authorization"] == f"Bearer {auth.MASK}{PROVIDER_KEY[-4:]}"
 
 
 def test_duplicate_replays_with_the_secret(addon):

@@ -9,11 +9,12 @@ import string
 import sys
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy.log import MitmFormatter
+from mitmproxy.log import LegacyLogEvents, MitmFormatter
 
 from cfgw import logs
 from cfgw.logs import SecretFilter, SummaryFile, printable
@@ -373,6 +374,30 @@ def test_install_is_idempotent_and_uninstall_is_clean(root, secret_filter):
     logging.getLogger("cf_gateway").info("x-api-key: abcdef")
     assert capture.text == "cf_gateway|x-api-key: abcdef\n"
     logs.uninstall(secret_filter)  # twice: harmless
+
+
+def test_request_lines_skip_only_mitmproxys_deprecated_add_log_relay(root, secret_filter):
+    """The relay costs more per line than printing it; every other handler still gets the lines."""
+    events: list[str] = []
+    master = SimpleNamespace(
+        event_loop=SimpleNamespace(call_soon_threadsafe=lambda fn, hook: events.append(hook.entry.msg)),
+        addons=SimpleNamespace(trigger=None),
+    )
+    relay = LegacyLogEvents(master)  # type: ignore[arg-type]
+    capture = Capture()
+    root.addHandler(relay)
+    root.addHandler(capture.handler)
+    logs.install(secret_filter)
+    logging.getLogger(logs.REQUEST_LINES).info("POST /v1/chat/completions chat 200")
+    logging.getLogger("cf_gateway").info("cf-gateway: requests go to ...")
+    assert [e.partition("] ")[2] for e in events] == ["cf-gateway: requests go to ..."]  # "[time] ..."
+    assert capture.text == (
+        "cf_gateway.requests|POST /v1/chat/completions chat 200\ncf_gateway|cf-gateway: requests go to ...\n"
+    )
+    logs.uninstall(secret_filter)
+    assert relay.filters == []
+    logging.getLogger(logs.REQUEST_LINES).info("after")
+    assert events[-1].endswith("] after")
 
 
 def test_uninstall_under_a_later_factory_leaves_a_pass_through(root, secret_filter):

@@ -21,8 +21,7 @@ def sent_flow(*headers):
 
 def masked(stash: Stash, f) -> dict:
     meta: dict = {}
-    stash.keep(f, meta)
-    auth.redact(f.request.headers)
+    stash.keep(f, meta, auth.redact(f.request.headers))
     f.metadata["cf_gateway"] = meta
     return meta
 

@@ -22,7 +22,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net import encoding
 from mitmproxy.test import tflow, tutils
 
-from cfgw import decoding, summary, usage
+from cfgw import decoding, logs, summary, usage
 from cfgw.families import BY_NAME
 from cfgw.flowinfo import FlowInfo
 from cfgw.recorder import Recorder
@@ -441,7 +441,7 @@ def test_internal_error_after_aiming_the_flow_reads_as_the_local_500_it_is(addon
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
         send(addon, f)
     assert f.response is not None and resp(f).status_code == 500
-    lines = [r.getMessage() for r in caplog.records if r.name == "cf_gateway" and r.levelno == logging.INFO]
+    lines = [r.getMessage() for r in caplog.records if r.name == logs.REQUEST_LINES]
     assert len(lines) == 1
     head, _, rest = lines[0].partition(" 500 ")
     assert head == "POST /v1/chat/completions chat"

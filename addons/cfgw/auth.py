@@ -12,6 +12,8 @@ import hmac
 
 from mitmproxy import http
 
+from cfgw.headers import Fields, header
+
 # Header values that are secrets: masked on the flow once the request has been sent.
 SECRET_HEADERS = ("authorization", "cf-aig-authorization", "x-api-key", "api-key", "proxy-authorization")
 MASK = "********"
@@ -35,7 +37,7 @@ def bearer_token(value: str | None) -> str | None:
 def presented_key(headers: http.Headers) -> str | None:
     """The access key a client sent: 'Authorization: Bearer <key>' (OpenAI SDKs, Claude Code's
     ANTHROPIC_AUTH_TOKEN) or 'x-api-key: <key>' (Anthropic SDKs, Claude Code's ANTHROPIC_API_KEY)."""
-    return bearer_token(headers.get("authorization")) or headers.get("x-api-key") or None
+    return bearer_token(header(headers, b"authorization")) or header(headers, b"x-api-key") or None
 
 
 def key_matches(token: str | None, digests: tuple[bytes, ...]) -> bool:
@@ -70,32 +72,47 @@ def is_masked(value: bytes) -> bool:
     return value.startswith(_MASK) or value.partition(b" ")[2].strip().startswith(_MASK)
 
 
-def redact(headers: http.Headers) -> None:
-    """Mask every secret header value in place (all occurrences of each name).
+Secret = tuple[bytes, bytes, bytes]
+"""A masked header: (lower-case name, masked value, real value)."""
+
+
+def redact(headers: http.Headers) -> tuple[Secret, ...]:
+    """Mask every secret header value in place (all occurrences of each name); returns the ones
+    that were not masks already, in header order, for the replay stash.
 
     One pass over the raw fields: this runs for every request, and mitmproxy's
     per-name header lookups each scan and re-encode the whole header list.
     """
     fields = headers.fields
-    if any(name.lower() in SECRET_NAMES for name, _ in fields):
-        headers.fields = tuple(
-            (name, mask_field(value)) if name.lower() in SECRET_NAMES else (name, value)
-            for name, value in fields
-        )
+    if not any(name.lower() in SECRET_NAMES for name, _ in fields):
+        return ()
+    out = []
+    found = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in SECRET_NAMES:
+            masked = mask_field(value)
+            if not is_masked(value):
+                found.append((lower, masked, value))
+            value = masked
+        out.append((name, value))
+    headers.fields = tuple(out)
+    return tuple(found)
 
 
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key")
+_CLIENT_KEY_NAMES = frozenset(name.encode() for name in CLIENT_KEY_HEADERS)
 GATEWAY_HEADER_PREFIX = b"cf-aig-"
 
 
-def set_credentials(
-    headers: http.Headers,
+def with_credentials(
+    fields: Fields,
     token: str | None,
     key_mode: bool,
     strip_gateway: bool,
     drop_keys: bool | None = None,
-) -> None:
-    """The headers the gateway gets for credentials, in one pass.
+) -> Fields:
+    """The header fields the gateway gets for credentials, in one pass.
 
     ``drop_keys`` (default: key mode) removes the client's Authorization and x-api-key:
     in key mode they carry the access key, and any Authorization reaching the gateway
@@ -104,10 +121,9 @@ def set_credentials(
     ``cf-aig-*`` header (logging, caching, cost) too. Otherwise the token is added only
     when the client sent none.
     """
-    fields = headers.fields
     drop_keys = key_mode if drop_keys is None else drop_keys
     if key_mode or strip_gateway or drop_keys:
-        drop = {name.encode() for name in CLIENT_KEY_HEADERS} if drop_keys else set()
+        drop = _CLIENT_KEY_NAMES if drop_keys else frozenset()
         kept = []
         for name, value in fields:
             lower = name.lower()
@@ -121,4 +137,4 @@ def set_credentials(
         fields = tuple(kept)
     if token and not any(name.lower() == b"cf-aig-authorization" for name, _ in fields):
         fields = (*fields, (b"cf-aig-authorization", f"Bearer {token}".encode()))
-    headers.fields = fields
+    return fields

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 META = "cf_gateway"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FlowInfo:
     family: str
     """'chat', 'messages', 'responses' or 'other': decides error shapes, usage and the view."""

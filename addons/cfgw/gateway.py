@@ -32,11 +32,13 @@ from cfgw import auth, config, logs, replies, routes, summary, usage, validate
 from cfgw.config import Settings
 from cfgw.families import BY_NAME
 from cfgw.flowinfo import META, FlowInfo
+from cfgw.headers import has_header, header, with_header
 from cfgw.metrics import Metrics
 from cfgw.recorder import Recorder
 from cfgw.stash import Stash, Unrestorable
 
 log = logging.getLogger("cf_gateway")
+request_lines = logging.getLogger(logs.REQUEST_LINES)
 
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
@@ -79,6 +81,7 @@ class CfGateway:
         self.literal_secrets: dict[str, str | None] = {}
         self.explained: set[int] = set()
         self.stash = Stash()  # replaced in load by the master's, which outlives a reload
+        self.replayable = False
         self.sighup = False
 
     # -- options ---------------------------------------------------------------------
@@ -90,6 +93,9 @@ class CfGateway:
         self.literal_secrets = vars(loader.master).setdefault("cf_gateway_literal_secrets", {})
         # Likewise the replay stash: an edit to a module must not make every earlier flow unreplayable.
         self.stash = Stash(entries=vars(loader.master).setdefault("cf_gateway_stash", OrderedDict()))
+        # Only a master that keeps flows for a person (mitmweb, the console: a flow view) can replay
+        # one; mitmdump drops each flow when it is done, so it keeps no secrets for replays.
+        self.replayable = loader.master.addons.get("view") is not None
         defaults = config.option_defaults(os.environ, dotenv_values(Path.cwd() / ".env"))
         options = loader.master.options
         # On a reload mitmproxy replaces an option whose default or help changed (a new .env, an
@@ -365,26 +371,32 @@ class CfGateway:
         # Only plain bodies: decoding a compressed one just to find the model would let a small
         # gzip bomb from any client take the proxy's memory (SDKs do not compress requests).
         body = req.raw_content
-        found = usage.model_span(body) if body and "content-encoding" not in req.headers else None
+        found = usage.model_span(body) if body and not has_header(req.headers, b"content-encoding") else None
         if found is not None:
             info.model = usage.fix_model_spelling(req, found[0], info.destination.route, found)
-        auth.set_credentials(
-            req.headers, s.token, s.proxy_keys is not None, s.strip_client_gateway_headers, s.drop_client_keys
+        fields = auth.with_credentials(
+            req.headers.fields,
+            s.token,
+            s.proxy_keys is not None,
+            s.strip_client_gateway_headers,
+            s.drop_client_keys,
         )
+        h2 = req.is_http2 or req.is_http3
+        hostport = s.base_url.hostport.encode()
+        if not h2 or has_header(req.headers, b"host"):  # HTTP/2's Host is :authority; a Host is updated
+            fields = with_header(fields, b"Host", hostport)
+        target = info.target.encode()  # checked: printable ASCII only
         info.upstream = f"{s.base_url.origin}{info.target.partition('?')[0]}"
         info.save(flow)
         info.unmasked = True
-        req.scheme = s.base_url.scheme
-        # Set host and port on the data directly, as mitmproxy's own layers do: their setters each
-        # rebuild Host and :authority, which the lines below set once and for all.
+        # The request's data is set directly, as mitmproxy's own layers do (its setters each
+        # rebuild Host and :authority and re-encode), and last, with nothing left that can fail.
+        req.headers.fields = fields
+        req.data.scheme = s.base_url.scheme.encode()
         req.data.host = s.base_url.host
         req.data.port = s.base_url.port
-        req.path = info.target
-        if req.is_http2 or req.is_http3:
-            req.authority = s.base_url.hostport
-        else:
-            req.authority = ""  # origin-form request line, even if the client sent absolute-form
-        req.host_header = s.base_url.hostport
+        req.data.authority = hostport if h2 else b""  # HTTP/1: origin-form, even if sent absolute-form
+        req.data.path = target
 
     def answer(
         self,
@@ -398,7 +410,7 @@ class CfGateway:
     ) -> None:
         """Every error the proxy answers itself, in the shape of the client's API family."""
         info.local = code
-        if status >= 400 and "expect" in flow.request.headers:
+        if status >= 400 and has_header(flow.request.headers, b"expect"):
             del flow.request.headers["expect"]  # no "100 Continue": we do not want the body
         flow.response = replies.error_response(
             BY_NAME[info.family], status, message, code, type, headers, head=flow.request.method == "HEAD"
@@ -415,7 +427,7 @@ class CfGateway:
         resp = flow.response
         if info.upstream and resp is not None and usage.is_event_stream(resp):
             info.recorder = Recorder(
-                self.settings.record_limit, BY_NAME[info.family], resp.headers.get("content-encoding")
+                self.settings.record_limit, BY_NAME[info.family], header(resp.headers, b"content-encoding")
             )
             resp.stream = info.recorder
             self.metrics.streams.inc()
@@ -457,9 +469,10 @@ class CfGateway:
         secrets stay in memory (never on the flow) so that replaying it still works."""
         info.unmasked = False
         if self.settings is not None and self.settings.redact:
-            if info.upstream and isinstance(flow.metadata.get(META), dict):
-                self.stash.keep(flow, flow.metadata[META])
-            auth.redact(flow.request.headers)
+            found = auth.redact(flow.request.headers)
+            meta = flow.metadata.get(META)
+            if info.upstream and self.replayable and isinstance(meta, dict):
+                self.stash.keep(flow, meta, found)
 
     def mask_unaccounted(self, flow: http.HTTPFlow) -> None:
         """Flows the addon never took on (mitmproxy refused their headers before requestheaders,
@@ -480,24 +493,30 @@ class CfGateway:
         record = summary.flow_record(flow, info)
         if s.metrics:
             self.metrics.observe(record)
-        where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
-        if record.outcome == "upstream_failed":
-            log.warning(
-                f"cf-gateway: flow {flow.id}: upstream failed {where}: {logs.printable(str(record.error))}"
-            )
-        elif record.outcome in ("client_closed", "failed") and not s.log_requests:  # else the line says so
-            what = "client went away" if record.outcome == "client_closed" else "client request failed"
-            log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {logs.printable(str(record.error))}")
+        if record.outcome not in ("ok", "local"):
+            self.log_failure(flow, record, s.log_requests)
         if s.log_requests or self.log_file:
             line = summary.format_json(record) if s.log_format == "json" else summary.format_text(record)
             if s.log_requests:
-                log.info(line)
+                request_lines.info(line)
             if self.log_file:
                 self.log_file.write(self.secret_filter.masked(line))
         self.explain_gateway_error(record)
         if info.upstream:
             comment = summary.flow_comment(record)
             flow.comment = f"{comment}\n{flow.comment}" if flow.comment else comment
+
+    @staticmethod
+    def log_failure(flow: http.HTTPFlow, record: summary.FlowRecord, summary_line: bool) -> None:
+        """Why a flow failed: a warning if the upstream failed, else only when no summary line says it."""
+        where = f"mid-stream after {record.bytes} bytes" if record.stream else "before a response"
+        if record.outcome == "upstream_failed":
+            log.warning(
+                f"cf-gateway: flow {flow.id}: upstream failed {where}: {logs.printable(str(record.error))}"
+            )
+        elif record.outcome in ("client_closed", "failed") and not summary_line:
+            what = "client went away" if record.outcome == "client_closed" else "client request failed"
+            log.info(f"cf-gateway: flow {flow.id}: {what} {where}: {logs.printable(str(record.error))}")
 
     def explain_gateway_error(self, record: summary.FlowRecord) -> None:
         """Say what to do about the gateway's own configuration errors, once per process per cause."""

@@ -18,9 +18,15 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mitmproxy.log import LegacyLogEvents
+
 from cfgw.auth import MASK, mask
 
 log = logging.getLogger("cf_gateway")
+
+REQUEST_LINES = "cf_gateway.requests"
+"""The logger of the one summary line per request (a child of "cf_gateway", so it shows wherever
+the addon's other lines do)."""
 
 # -- control characters ----------------------------------------------------------------------------
 
@@ -224,6 +230,18 @@ class _MaskingFactory:
         return record
 
 
+def _skip_request_lines(record: logging.LogRecord) -> bool:
+    """Keeps the per-request lines out of mitmproxy's relay for the deprecated ``add_log`` event.
+
+    That relay (``mitmproxy.log.LegacyLogEvents``) formats every record once more and
+    schedules an ``add_log`` event through every addon on the event loop: measured, it costs
+    more per line than printing it (bench/floor_addon.py), and no built-in addon of mitmproxy
+    11 or 12 listens. The terminal, mitmweb's event log and any handler on the root logger
+    still get every line; a script on the deprecated ``add_log`` hook sees all other lines.
+    """
+    return record.name != REQUEST_LINES
+
+
 def install(secret_filter: SecretFilter) -> None:
     """Mask every record from now on, from any logger, whatever handler prints it.
 
@@ -234,6 +252,8 @@ def install(secret_filter: SecretFilter) -> None:
     """
     for handler in logging.getLogger().handlers:
         handler.addFilter(secret_filter)  # no-op when already there
+        if isinstance(handler, LegacyLogEvents):
+            handler.addFilter(_skip_request_lines)
         secret_filter._handlers.add(handler)
     factory = secret_filter._factory
     if factory is None or not factory.active:
@@ -246,6 +266,7 @@ def uninstall(secret_filter: SecretFilter) -> None:
     """Undo install(): the addon may be reloaded, and a stale filter must not linger."""
     for handler in list(secret_filter._handlers):
         handler.removeFilter(secret_filter)
+        handler.removeFilter(_skip_request_lines)
     secret_filter._handlers.clear()
     factory = secret_filter._factory
     if factory is not None:

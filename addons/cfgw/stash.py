@@ -14,6 +14,7 @@ with it), and the oldest go past MAX_ENTRIES.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import weakref
 from collections import OrderedDict
@@ -37,25 +38,21 @@ class Stash:
         entries: OrderedDict[str, tuple[tuple[bytes, bytes, bytes], ...]] | None = None,
     ) -> None:
         self.max_entries = max_entries
+        # Handles: a random prefix per Stash, then a serial number; unique without a random draw
+        # (a system call) per flow, and as worthless outside this process as a random handle.
+        self.prefix = secrets.token_hex(8) + "-"
+        self.serial = itertools.count()
         self.entries = OrderedDict() if entries is None else entries
         """handle -> (lower-case name, masked value, real value) per secret header; may be shared."""
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def keep(self, flow: http.HTTPFlow, meta: dict) -> None:
-        """Remember the secret headers of ``flow`` as they are now, just before they are masked.
-
-        Each entry is (lower-case name, masked value, real value), in header order.
-        """
-        found = tuple(
-            (name.lower(), auth.mask_field(value), value)
-            for name, value in flow.request.headers.fields
-            if name.lower() in auth.SECRET_NAMES and not auth.is_masked(value)
-        )
+    def keep(self, flow: http.HTTPFlow, meta: dict, found: tuple[auth.Secret, ...]) -> None:
+        """Remember the secret headers ``auth.redact`` just masked on ``flow`` (``found``)."""
         if not found:
             return
-        handle = secrets.token_hex(16)
+        handle = f"{self.prefix}{next(self.serial)}"
         meta[HANDLE] = handle
         self.entries[handle] = found
         weakref.finalize(flow, self.entries.pop, handle, None)

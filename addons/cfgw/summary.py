@@ -17,11 +17,12 @@ from mitmproxy.connection import ConnectionState
 from cfgw.families import BY_NAME
 from cfgw.family import Usage
 from cfgw.flowinfo import FlowInfo
+from cfgw.headers import header
 from cfgw.logs import printable
 from cfgw.usage import body_usage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlowRecord:
     method: str
     path: str
@@ -120,8 +121,8 @@ def flow_record(flow: http.HTTPFlow, info: FlowInfo) -> FlowRecord:
         duration_ms=_ms(req.timestamp_start, end),
         ttfb_ms=_ms(req.timestamp_end, ttfb_at) if info.upstream and resp else None,  # only upstream's
         bytes=size,
-        cache=resp.headers.get("cf-aig-cache-status") if resp else None,
-        log_id=resp.headers.get("cf-aig-log-id") if resp else None,
+        cache=header(resp.headers, b"cf-aig-cache-status") if resp else None,
+        log_id=header(resp.headers, b"cf-aig-log-id") if resp else None,
         prompt_tokens=usage.input_tokens if usage else None,
         completion_tokens=usage.output_tokens if usage else None,
         total_tokens=usage.total if usage else None,

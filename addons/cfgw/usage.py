@@ -16,6 +16,7 @@ from mitmproxy import http
 
 from cfgw import decoding, routes, sse
 from cfgw.family import Family, Usage
+from cfgw.headers import header
 
 log = logging.getLogger("cf_gateway")
 
@@ -201,11 +202,11 @@ _USAGE_KEY = re.compile(rb'"usage"\s*:\s*(?=\{)')
 
 
 def is_json(headers: http.Headers) -> bool:
-    return "json" in headers.get("content-type", "")
+    return "json" in (header(headers, b"content-type") or "")
 
 
 def is_event_stream(response: http.Response) -> bool:
-    return sse.is_event_stream(response.headers.get("content-type"))
+    return sse.is_event_stream(header(response.headers, b"content-type"))
 
 
 def decoded_body(response: http.Response) -> bytes | None:
@@ -214,7 +215,7 @@ def decoded_body(response: http.Response) -> bytes | None:
     if not raw or len(raw) > USAGE_PARSE_LIMIT or not is_json(response.headers):
         return None
     try:
-        return decoding.decode(raw, response.headers.get("content-encoding"), BODY_LIMITS)
+        return decoding.decode(raw, header(response.headers, b"content-encoding"), BODY_LIMITS)
     except (decoding.DecodeAborted, ValueError) as e:
         log.debug(f"cf-gateway: body not read for usage: {e}")
         return None
