@@ -87,6 +87,9 @@ STREAM_RESPONSES = ("-s", str(HERE / "stream_responses.py"))  # requests buffere
 
 CORE_BASE = "bare mitmdump -q (no output: the baseline)"
 CORE_DUMP = "bare mitmdump, default console (flow_detail=1)"
+CORE_FLOOR = "mitmproxy's floor: -q, a script with the same 5 hooks doing nothing"
+CORE_FLOOR_LINE = "mitmproxy's floor with one line per request (flow_detail=0)"
+FLOOR_ADDON = str(HERE / "floor_addon.py")
 CORE_DEFAULTS = "cf-gateway, ./run.sh defaults (line on, metrics on)"
 CORE_LOG_OFF = "cf-gateway, cf_log_requests=off, -q"
 CORE_METRICS_OFF = "cf-gateway, ./run.sh defaults, cf_metrics=off"
@@ -227,11 +230,15 @@ class Services:
         self.add(label, p.proc.pid, p.stop)
         return self.checked(Endpoint(label, p.port, CLIENT_PATH, [p.proc.pid], proxy=p))
 
-    def bare_mitmdump(self, label: str, upstream: Endpoint, args: tuple[str, ...] = QUIET) -> Endpoint:
+    def bare_mitmdump(
+        self, label: str, upstream: Endpoint, args: tuple[str, ...] = QUIET, env: dict[str, str] | None = None
+    ) -> Endpoint:
         """mitmdump in reverse mode (reverse:<upstream>) without the addon: forwards as is, buffers
         whole bodies unless ``args`` say otherwise; -q (no output at all) unless told otherwise."""
         url = f"http://127.0.0.1:{upstream.port}"
-        p = start_proxy(url, addon=False, workdir=self.dir("bare"), extra_args=list(args), reverse_target=url)
+        p = start_proxy(
+            url, addon=False, workdir=self.dir("bare"), extra_args=list(args), reverse_target=url, env=env
+        )
         self.add(label, p.proc.pid, p.stop)
         return self.checked(Endpoint(label, p.port, UPSTREAM_PATH, [p.proc.pid], proxy=p))
 
@@ -798,6 +805,20 @@ def core_goal_rows(raw: dict, modes: tuple[str, ...]) -> list[list[str]]:
             rows.append(
                 ratio_row(raw, mode, CORE_DUMP, CORE_BASE, None, "reference: mitmproxy's own flow dump ÷ -q")
             )
+        if have(CORE_FLOOR, CORE_BASE):
+            rows.append(ratio_row(raw, mode, CORE_FLOOR, CORE_BASE, None, f"reference: {CORE_FLOOR} ÷ -q"))
+        if have(CORE_FLOOR_LINE, CORE_BASE):
+            rows.append(
+                ratio_row(raw, mode, CORE_FLOOR_LINE, CORE_BASE, None, f"reference: {CORE_FLOOR_LINE} ÷ -q")
+            )
+        if have(CORE_DEFAULTS, CORE_FLOOR_LINE):
+            rows.append(
+                ratio_row(raw, mode, CORE_DEFAULTS, CORE_FLOOR_LINE, None, "the addon's own share, line on")
+            )
+        if have(CORE_LOG_OFF, CORE_FLOOR):
+            rows.append(
+                ratio_row(raw, mode, CORE_LOG_OFF, CORE_FLOOR, None, "the addon's own share, line off")
+            )
     return rows
 
 
@@ -833,13 +854,17 @@ class Bench:
         up = self.sv.fast_upstream()
         bare = self.sv.bare_mitmdump(CORE_BASE, up, QUIET)
         dump = self.sv.bare_mitmdump(CORE_DUMP, up, ())
+        floor = self.sv.bare_mitmdump(CORE_FLOOR, up, ("-q", "-s", FLOOR_ADDON))
+        floor_line = self.sv.bare_mitmdump(
+            CORE_FLOOR_LINE, up, (*RUNSH_DEFAULTS, "-s", FLOOR_ADDON), env={"FLOOR_LOG": "1"}
+        )
         variants = [
             (CORE_DEFAULTS, {}, RUNSH_DEFAULTS),
             (CORE_LOG_OFF, {"cf_log_requests": "off"}, QUIET),
             (CORE_METRICS_OFF, {"cf_metrics": "off"}, RUNSH_DEFAULTS),
             (CORE_BOTH_OFF, {"cf_log_requests": "off", "cf_metrics": "off"}, QUIET),
         ]
-        targets = [up, bare, dump]
+        targets = [up, bare, dump, floor, floor_line]
         for label, opts, args in variants:
             if set(opts) <= self.options:
                 targets.append(self.sv.proxy(label, up, opts, args))
