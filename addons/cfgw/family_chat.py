@@ -57,17 +57,21 @@ def openai_error_body(status: int, message: str, code: str | int | None, openai_
     return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
 
 
-def _detail(usage: dict, section: str, key: str) -> int | None:
-    """A count inside ``usage[section][key]`` (e.g. prompt_tokens_details.cached_tokens)."""
-    details = usage.get(section)
-    return count(details.get(key)) if isinstance(details, dict) else None
+def _count(usage: dict, name: str, fallback: str) -> int | None:
+    """``usage[name]`` as a count, else ``usage[fallback]``: chat names win, Responses-style names
+    are only a fallback (looked up only when needed: this runs for every response)."""
+    n = count(usage.get(name))
+    return n if n is not None else count(usage.get(fallback))
 
 
-def _first(*values: int | None) -> int | None:
-    """The first count present: chat names win, Responses-style names are only a fallback."""
-    for v in values:
-        if v is not None:
-            return v
+def _detail(usage: dict, section: str, fallback: str, key: str) -> int | None:
+    """A count inside ``usage[section][key]`` (e.g. prompt_tokens_details.cached_tokens), else
+    inside ``usage[fallback][key]``."""
+    for name in (section, fallback):
+        details = usage.get(name)
+        n = count(details.get(key)) if isinstance(details, dict) else None
+        if n is not None:
+            return n
     return None
 
 
@@ -75,8 +79,8 @@ def usage_of(usage: Any) -> Usage | None:
     """A parsed ``usage`` object as Usage; None unless it holds a prompt, completion or total count."""
     if not isinstance(usage, dict):
         return None
-    prompt = _first(count(usage.get("prompt_tokens")), count(usage.get("input_tokens")))
-    completion = _first(count(usage.get("completion_tokens")), count(usage.get("output_tokens")))
+    prompt = _count(usage, "prompt_tokens", "input_tokens")
+    completion = _count(usage, "completion_tokens", "output_tokens")
     total = count(usage.get("total_tokens"))
     if prompt is None and completion is None and total is None:
         return None
@@ -84,13 +88,9 @@ def usage_of(usage: Any) -> Usage | None:
         input_tokens=prompt,
         output_tokens=completion,
         total_tokens=total,
-        cached_tokens=_first(
-            _detail(usage, "prompt_tokens_details", "cached_tokens"),
-            _detail(usage, "input_tokens_details", "cached_tokens"),
-        ),
-        reasoning_tokens=_first(
-            _detail(usage, "completion_tokens_details", "reasoning_tokens"),
-            _detail(usage, "output_tokens_details", "reasoning_tokens"),
+        cached_tokens=_detail(usage, "prompt_tokens_details", "input_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(
+            usage, "completion_tokens_details", "output_tokens_details", "reasoning_tokens"
         ),
     )
 
