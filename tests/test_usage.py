@@ -767,3 +767,75 @@ def test_recorded_stream_usage_with_cr_line_ends_reads_the_whole_stream():
     body = b"".join(e.replace(b"\n", b"\r\n") + b"\r\n\r\n" for e in _EVENTS["messages"][:3])
     assert usage.recorded_stream_usage(MESSAGES, body, True) == _whole_scan(MESSAGES, body, True)
     assert usage.recorded_stream_usage(MESSAGES, body, True) is not None
+
+
+# --- usage read from the tail of a response body -------------------------------------------------
+
+_usage_keys = st.sampled_from(["usage", "choices", "model", 'a"usage', "id", "u"])
+_usage_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["usage", '"usage": {}', "x\\"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_usage_keys, inner, max_size=3),
+    max_leaves=8,
+)
+_usage_objects = st.fixed_dictionaries(
+    {"prompt_tokens": st.integers(0, 10**6), "completion_tokens": st.integers(0, 10**6)}
+)
+
+
+@st.composite
+def response_bodies(draw) -> bytes:
+    """JSON objects whose keys and values collide with the usage key: nested and duplicated "usage"
+    keys (duplicates spliced into the text), keys spelled with escapes, strings holding the key."""
+    pairs = draw(st.lists(st.tuples(_usage_keys, _usage_values), max_size=5))
+    for _ in range(draw(st.integers(0, 2))):
+        pairs.insert(draw(st.integers(0, len(pairs))), ("usage", draw(_usage_objects | _usage_values)))
+    item_sep, key_sep = draw(st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " :\t")]))
+    members = []
+    for key, value in pairs:
+        k = json.dumps(key)
+        if key == "usage" and draw(st.booleans()):
+            k = draw(st.sampled_from(['"us\\u0061ge"', '"\\u0075sage"', '"usag\\u0065"']))
+        members.append(k + key_sep + json.dumps(value, separators=(item_sep, key_sep)))
+    lead = draw(st.sampled_from(["", " ", "\n"]))
+    return (lead + "{" + item_sep.join(members) + "}" + draw(st.sampled_from(["", "\n"]))).encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(response_bodies())
+def test_usage_body_is_what_json_loads_sees(body):
+    whole = json.loads(body)
+    got = usage.usage_body(body)
+    if "usage" in whole:
+        assert got == {"usage": whole["usage"]} or got == whole
+        assert got["usage"] == whole["usage"]
+    else:
+        assert got == whole  # no usage key at the root: the body as parsed() gives it
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            b'{"id":"x","usage":{"prompt_tokens":3},"system_fingerprint":"fp"}',
+            {"usage": {"prompt_tokens": 3}},
+        ),
+        (b'{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}', {"usage": {"prompt_tokens": 2}}),
+        (b'{"usage":{"prompt_tokens":1},"us\\u0061ge":{"prompt_tokens":2}}', {"usage": {"prompt_tokens": 2}}),
+        (b'{"a":{"usage":{"prompt_tokens":1}}}', {"a": {"usage": {"prompt_tokens": 1}}}),  # nested: parsed
+        (b'{"input_tokens": 12}', {"input_tokens": 12}),  # count_tokens: no usage key, parsed whole
+        (b'[{"usage":{"prompt_tokens":1}}]', [{"usage": {"prompt_tokens": 1}}]),
+        (b'{"a":[1],"usage":{"prompt_tokens":1}} trailing', None),  # not JSON: nothing, as json.loads
+        (b'{"x": "\\"usage\\": {\\"prompt_tokens\\": 9}", "usage": null}', {"usage": None}),
+    ],
+)
+def test_usage_body_examples(body, expected):
+    assert usage.usage_body(body) == expected
+
+
+def test_usage_body_does_not_parse_a_long_answer_whole(monkeypatch):
+    """A 2 MB answer with its usage at the end: the text before the usage is never decoded."""
+    body = json.dumps(
+        {"choices": [{"message": {"content": "x" * 2_000_000}}], "usage": {"prompt_tokens": 5}}
+    ).encode()
+    monkeypatch.setattr(usage.json, "loads", None)  # a whole parse would fail loudly
+    assert usage.usage_body(body) == {"usage": {"prompt_tokens": 5}}

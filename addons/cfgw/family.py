@@ -72,7 +72,8 @@ class Family:
     error_body: Callable[[int, str, str | int | None, str], dict]
     """(status, message, code, openai_type) -> an error body in this family's own shape."""
     usage_from_json: Callable[[Any], Usage | None]
-    """Usage from a parsed (non-streamed) response body; None when it has none."""
+    """Usage from a parsed (non-streamed) response body; None when it has none. A body whose root
+    has a ``usage`` key arrives as ``{"usage": value}`` only (usage.usage_body reads no more)."""
     stream_usage: Callable[[], StreamUsage]
     """A fresh reader of usage from this family's event stream."""
     render_request: Callable[[dict], str]

@@ -49,10 +49,18 @@ _MAX_TAIL = 256 << 10  # bytes after "model" parsed (in C) to prove it is the ro
 _WS_RUN = re.compile(r"[ \t\r\n]*")
 
 
-def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
-    """If the literal ``"model"`` key at ``pos`` belongs to the root object, the root's last
-    ``model`` value and its byte span; None when it does not (nested, or not a key at all);
-    _Unknown when proving it would take more than a bounded look.
+def _top_level_after(
+    body: bytes,
+    pos: int,
+    literal: bytes = _MODEL_LITERAL,
+    escaped: re.Pattern[bytes] = _ESCAPED_KEY,
+    fast: bool = True,
+) -> tuple[object, int, int] | None:
+    """If the ``literal`` key (``"model"``) at ``pos`` belongs to the root object, the root's last
+    value of that key and its byte span; None when it does not (nested, or not a key at all);
+    _Unknown when proving it would take more than a bounded look. ``escaped`` finds a key that
+    may spell the same name with escapes. ``fast``: a key with only scalars before it needs no
+    proof from the tail (right for any valid JSON body; the tail of an invalid one goes unseen).
 
     Proof by the tail alone: a key of the root object is preceded by ``{`` or ``,`` and
     followed by ``: value`` then only ``, "key": value`` pairs up to the root's ``}`` and the
@@ -65,16 +73,17 @@ def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
         raise _Unknown  # hundreds of bytes of white space before a key: no real client writes that
     if not before.endswith((b"{", b",")):
         return None
-    colon = _COLON.match(body, pos + len(_MODEL_LITERAL))
+    colon = _COLON.match(body, pos + len(literal))
     if colon is None:
         return None
     start = colon.end()
     root = _LEADING_WS.match(body).end()  # type: ignore[union-attr]  # \s* always matches
     if (
-        body[root : root + 1] == b"{"
+        fast
+        and body[root : root + 1] == b"{"
         and body.find(b"{", root + 1, pos) == -1
         and body.find(b"[", root + 1, pos) == -1
-        and not escaped_model_key(body, start)
+        and escaped.search(body, start) is None
     ):
         # Only scalars stand between the root's "{" and the key, so it is the root's, and no
         # later key can be another "model" (this is the last literal one, and none is escaped):
@@ -87,6 +96,7 @@ def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
             pass  # a value longer than the window: the general way below
     if len(body) - start > _MAX_TAIL:
         raise _Unknown
+    name = literal[1:-1].decode()
     tail = body[start:].decode("utf-8")
     value, end = _DECODER.raw_decode(tail)
     found, span = value, (start, start + len(tail[:end].encode()))
@@ -104,10 +114,33 @@ def _top_level_after(body: bytes, pos: int) -> tuple[object, int, int] | None:
             return None
         vstart = _WS_RUN.match(tail, i + 1).end()  # type: ignore[union-attr]
         value, i = _DECODER.raw_decode(tail, vstart)
-        if key == "model":  # a later duplicate (spelled with escapes): the last one wins, as in json
+        if key == name:  # a later duplicate (spelled with escapes): the last one wins, as in json
             found = value
             span = (start + len(tail[:vstart].encode()), start + len(tail[:i].encode()))
     raise _Unknown
+
+
+def _root_key(
+    body: bytes, literal: bytes, escaped: re.Pattern[bytes], fast: bool = True
+) -> tuple[object, int, int] | None:
+    """The root object's value of the ``literal`` key and its byte span (the last duplicate wins),
+    or None when the root has no such key; _Unknown when a bounded look cannot tell (many nested
+    keys of that name, a long tail, a key maybe spelled with escapes): then json must decide.
+    Raises ValueError or RecursionError on a body that is not JSON where it was looked at."""
+    end = len(body)
+    for _ in range(_TRIES):
+        pos = body.rfind(literal, 0, end)
+        if pos == -1:
+            break
+        found = _top_level_after(body, pos, literal, escaped, fast)
+        if found is not None:
+            return found
+        end = pos
+    else:
+        raise _Unknown  # many nested keys of that name
+    if escaped.search(body):
+        raise _Unknown  # no literal key at the top: maybe an escaped one
+    return None
 
 
 def model_span(body: bytes) -> tuple[str, int, int] | None:
@@ -120,23 +153,13 @@ def model_span(body: bytes) -> tuple[str, int, int] | None:
     of the part of the body after the key rather than the whole body. Never raises.
     """
     try:
-        end = len(body)
-        for _ in range(_TRIES):
-            pos = body.rfind(_MODEL_LITERAL, 0, end)
-            if pos == -1:
-                break
-            try:
-                found = _top_level_after(body, pos)
-            except _Unknown:
-                return _parsed_model(body)
-            if found is not None:
-                value, start, stop = found
-                return (value, start, stop) if isinstance(value, str) else None
-            end = pos
-        else:
-            return _parsed_model(body)  # many nested "model" keys: let json decide, bounded
-        if escaped_model_key(body):  # no literal key at the top: maybe an escaped one
+        try:
+            found = _root_key(body, _MODEL_LITERAL, _ESCAPED_KEY)
+        except _Unknown:
             return _parsed_model(body)
+        if found is not None:
+            value, start, stop = found
+            return (value, start, stop) if isinstance(value, str) else None
     except (ValueError, RecursionError):
         pass
     return None
@@ -237,10 +260,36 @@ def parsed(body: bytes) -> object | None:
         return None
 
 
+_USAGE_LITERAL = b'"usage"'
+# A key that may spell "usage" with escapes (its letters are U+0061..U+0075), e.g. "us\u0061ge".
+_ESCAPED_USAGE_KEY = re.compile(rb'\\u00[67][0-9A-Fa-f][^"]{0,30}"\s*:')
+
+
+def usage_body(body: bytes) -> object | None:
+    """What a family's ``usage_from_json`` reads of a JSON body: ``{"usage": value}`` when the root
+    object has a ``usage`` key, else the body as ``parsed`` gives it.
+
+    The usage is read as model_span reads the model: the root's last ``usage`` key, proven from
+    the tail alone (always: a body cut short or garbled after the usage gives none), so a long
+    answer costs what its usage and the few keys after it weigh, not a parse of the whole text.
+    For a valid JSON object it is ``json.loads(body)["usage"]``; when a bounded look cannot
+    tell, the body is parsed whole. Never raises.
+    """
+    root = _LEADING_WS.match(body).end()  # type: ignore[union-attr]  # \s* always matches
+    if body[root : root + 1] == b"{":
+        try:
+            found = _root_key(body, _USAGE_LITERAL, _ESCAPED_USAGE_KEY, fast=False)
+            if found is not None:
+                return {"usage": found[0]}
+        except (_Unknown, ValueError, RecursionError):
+            pass  # json decides
+    return parsed(body)
+
+
 def body_usage(family: Family, response: http.Response) -> Usage | None:
     """Usage of a buffered response; never raises."""
     body = decoded_body(response)
-    obj = parsed(body) if body else None
+    obj = usage_body(body) if body else None
     if obj is None:
         return None
     try:
