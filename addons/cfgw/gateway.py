@@ -465,8 +465,8 @@ class CfGateway:
         self.finish(flow, info)
 
     def mask(self, flow: http.HTTPFlow, info: FlowInfo) -> None:
-        """Mask secret headers once the request has been sent (or never will be); a forwarded flow's
-        secrets stay in memory (never on the flow) so that replaying it still works."""
+        """Mask secret headers once the request has been sent (or never will be); where flows can be
+        replayed (mitmweb), a forwarded flow's secrets stay in memory (never on the flow) for that."""
         info.unmasked = False
         if self.settings is not None and self.settings.redact:
             found = auth.redact(flow.request.headers)

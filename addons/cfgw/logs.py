@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mitmproxy.log import LegacyLogEvents
+from mitmproxy import log as mitmproxy_log
 
 from cfgw.auth import MASK, mask
 
@@ -230,6 +230,10 @@ class _MaskingFactory:
         return record
 
 
+_LEGACY_RELAY: type | None = getattr(mitmproxy_log, "LegacyLogEvents", None)
+"""mitmproxy 11 and 12 have it; a release without it has nothing to skip."""
+
+
 def _skip_request_lines(record: logging.LogRecord) -> bool:
     """Keeps the per-request lines out of mitmproxy's relay for the deprecated ``add_log`` event.
 
@@ -252,7 +256,7 @@ def install(secret_filter: SecretFilter) -> None:
     """
     for handler in logging.getLogger().handlers:
         handler.addFilter(secret_filter)  # no-op when already there
-        if isinstance(handler, LegacyLogEvents):
+        if _LEGACY_RELAY is not None and isinstance(handler, _LEGACY_RELAY):
             handler.addFilter(_skip_request_lines)
         secret_filter._handlers.add(handler)
     factory = secret_filter._factory

@@ -8,8 +8,9 @@ replayed. A header the person edited is theirs and is sent as typed. A mask that
 be restored (a flow loaded from a file, a duplicate whose original is gone) is never
 sent upstream: the replay is answered with an error that says why.
 
-Bounded: an entry goes when its flow is garbage (mitmweb deleted it, or mitmdump is done
-with it), and the oldest go past MAX_ENTRIES.
+Only a proxy with a flow list (mitmweb, the console) keeps entries: mitmdump is done with
+each flow when it ends, so nothing could replay it (gateway.CfGateway.replayable). Bounded:
+an entry goes when its flow is garbage (mitmweb deleted it), and the oldest go past MAX_ENTRIES.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from cfgw.logs import printable
 from cfgw.usage import body_usage
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ sets each of its 22 fields the slow way
 class FlowRecord:
     method: str
     path: str
