@@ -51,11 +51,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
 @contextlib.contextmanager
 def loaded(*set_args: str, view: bool = True) -> Iterator[tuple[CfGateway, taddons.context]]:
-    """The addon loaded the way mitmdump loads a script: mitmproxy's proxy options exist, and
+    """The addon loaded the way mitmweb loads a script: mitmproxy's proxy options exist, and
     ``set_args`` (``--set`` arguments, e.g. "cf_redact=on") were given before it loaded, so those
     naming its options wait in ``options.deferred``. done() runs on exit: it takes the log-record
-    factory that load() installs for the whole process out again. ``view``: the master has a flow
-    view, as mitmweb's does (mitmdump's has none)."""
+    factory that load() installs for the whole process out again. ``view=False``: no flow view,
+    as in mitmdump (which keeps no replay stash)."""
     a = CfGateway()
     with taddons.context() as tctx:
         Proxyserver().load(addonmanager.Loader(tctx.master))  # body_size_limit, connection_strategy...
