@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from cfgw.families import BY_NAME
-from cfgw.replies import SERVER, error_response, json_response
+from cfgw.replies import SERVER, error_response, json_response, response
 
 CHAT, MESSAGES, RESPONSES = BY_NAME["chat"], BY_NAME["messages"], BY_NAME["responses"]
 
@@ -24,6 +24,12 @@ def test_json_response():
     assert r.headers["content-type"] == "application/json"
     assert r.headers["server"] == SERVER
     assert r.headers["content-length"] == str(len(r.content))
+
+
+def test_a_plain_response_for_head_has_the_gets_length_and_no_body():
+    r = response(200, b"# metrics\n", {"content-type": "text/plain"}, head=True)
+    assert (r.status_code, r.raw_content, r.headers["content-length"]) == (200, b"", "10")
+    assert r.headers["content-type"] == "text/plain" and "server" not in r.headers
 
 
 def test_extra_headers_are_added():

@@ -315,11 +315,12 @@ class CfGateway:
                 self.answer(flow, info, "not_found", 404, "Metrics are off (cf_metrics=off).")
                 return
             info.local = "metrics"
-            flow.response = http.Response.make(
-                200, self.metrics.render(), {"content-type": self.metrics.content_type}
+            flow.response = replies.response(
+                200,
+                self.metrics.render(),
+                {"content-type": self.metrics.content_type},
+                head=req.method == "HEAD",
             )
-            if req.method == "HEAD":
-                flow.response.raw_content = b""  # GET's content-length, no body (as replies does)
             return
         try:
             info.destination, info.target = self.destination(flow, s)

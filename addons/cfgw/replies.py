@@ -19,18 +19,24 @@ from cfgw.family import Family
 SERVER = "cf-gateway"
 
 
+def response(status: int, content: bytes, headers: Mapping[str, str], head: bool = False) -> http.Response:
+    """A response of our own; for HEAD, the headers (with GET's content-length) only."""
+    made = http.Response.make(status, content, dict(headers))
+    if head:
+        made.raw_content = b""
+    return made
+
+
 def json_response(
     status: int, body: object, headers: Mapping[str, str] | None = None, head: bool = False
 ) -> http.Response:
     """A JSON response of our own; for HEAD, the headers (with GET's content-length) only."""
-    response = http.Response.make(
+    return response(
         status,
         json.dumps(body, separators=(",", ":")).encode(),
         {"content-type": "application/json", "server": SERVER, **(headers or {})},
+        head,
     )
-    if head:
-        response.raw_content = b""
-    return response
 
 
 def error_response(
