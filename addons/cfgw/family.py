@@ -63,6 +63,11 @@ class StreamUsage(Protocol):
     def event(self, event: Event) -> None: ...
 
 
+def markers(names: Iterable[str]) -> re.Pattern[bytes]:
+    """A pattern finding any of ``names`` (the event names that carry usage) in a recorded stream."""
+    return re.compile(b"|".join(re.escape(name.encode()) for name in sorted(names)))
+
+
 @dataclass(frozen=True)
 class Family:
     """One API family: its name (a log field and a bounded metrics label) and what differs."""

@@ -10,12 +10,11 @@ thinking...). Everything here is pure and never raises on hostile input.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
 from cfgw import transcript as tx
-from cfgw.family import Family, Usage, count
+from cfgw.family import Family, Usage, count, markers
 from cfgw.sse import Event
 
 __all__ = [
@@ -618,7 +617,7 @@ FAMILY = Family(
     error_body=error_body,
     usage_from_json=usage_from_json,
     stream_usage=MessagesStreamUsage,
-    usage_events=re.compile(b"|".join(re.escape(name.encode()) for name in sorted(_USAGE_EVENTS))),
+    usage_events=markers(_USAGE_EVENTS),
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,

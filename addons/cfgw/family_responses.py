@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from cfgw.family import Family, Usage, count
+from cfgw.family import Family, Usage, count, markers
 from cfgw.family_chat import openai_error_body
 from cfgw.sse import Event
 from cfgw.transcript import (
@@ -482,7 +482,7 @@ FAMILY = Family(
     error_body=openai_error_body,
     usage_from_json=usage_from_json,
     stream_usage=ResponsesStreamUsage,
-    usage_events=re.compile(b"|".join(re.escape(name.encode()) for name in sorted(_TERMINAL))),
+    usage_events=markers(_TERMINAL),
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,
