@@ -25,15 +25,6 @@ from cfgw import reloader  # noqa: E402
 
 reloader.watch(__file__)  # first: even a load that fails below must see the fix of a module
 
-from cfgw import chatview  # noqa: E402
 from cfgw.gateway import CfGateway  # noqa: E402
 
-
-class ChatViewRegistration:
-    """Adds the LLM transcript content view on mitmproxy 12 (11 has no such API, and works without it)."""
-
-    def load(self, loader) -> None:
-        chatview.register()
-
-
-addons = [CfGateway(), ChatViewRegistration()]
+addons = [CfGateway()]

@@ -366,7 +366,8 @@ def test_registered_view_is_used_by_prettify_message(monkeypatch):
 
     registry = ContentviewRegistry()  # a private copy, so the view does not outlive this test
     for view in contentviews.registry.values():
-        registry.register(view)
+        if not isinstance(view, ChatView):  # an earlier test's CfGateway.load registered it
+            registry.register(view)
     monkeypatch.setattr(contentviews, "registry", registry)
 
     f = tflow.tflow(resp=True)

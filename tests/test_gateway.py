@@ -728,6 +728,41 @@ def test_one_log_line_per_flow_with_summary(addon, caplog):
     assert f.comment == "openai/gpt-4o-mini · 7 tok · 3.0 s"
 
 
+def test_the_line_is_written_after_the_hook_in_an_event_loop(addon, caplog, tmp_path):
+    """In mitmproxy (an event loop runs) the client's answer does not wait for the summary line:
+    it is written right after the hook returns, the lines of one loop iteration in order, to the
+    terminal and the file the settings named when the flow finished."""
+    import asyncio
+
+    log_file = tmp_path / "summary.log"
+    addon.tctx.configure(addon, cf_log_file=str(log_file))
+    paths = ["/v1/models", "/v1/embeddings", "/v1/chat/completions"]
+
+    def lines() -> list[str]:
+        return [r.getMessage().split()[1] for r in caplog.records if r.name == "cf_gateway.requests"]
+
+    async def run() -> None:
+        for path in paths:
+            f = reverse_flow(path=path)
+            send(addon, f)
+            assert f.comment  # the flow itself is summarised before mitmproxy goes on with it
+        assert lines() == [] and log_file.read_text() == ""
+        await asyncio.sleep(0)
+        assert lines() == paths
+        assert [line.split()[1] for line in log_file.read_text().splitlines()] == paths
+        send(addon, reverse_flow(path="/v1/last"))
+        # a new file named before the loop came round: the waiting line still goes to the old one
+        addon.tctx.configure(addon, cf_log_file=str(tmp_path / "new.log"))
+        assert log_file.read_text().splitlines()[-1].split()[1] == "/v1/last"
+        send(addon, reverse_flow(path="/v1/at-shutdown"))
+        addon.done()  # the lines still waiting are written before the file is closed
+        assert lines()[-1] == "/v1/at-shutdown"
+        assert (tmp_path / "new.log").read_text().split()[1] == "/v1/at-shutdown"
+
+    with caplog.at_level(logging.INFO, logger="cf_gateway"):
+        asyncio.run(run())
+
+
 def test_log_requests_off(addon, caplog):
     addon.tctx.configure(addon, cf_log_requests="off")
     with caplog.at_level(logging.INFO, logger="cf_gateway"):
