@@ -3,22 +3,24 @@
 Why: a profiler slows every call, and the in-process timing (``bench/hooks.py``) runs the
 hooks with warm caches, back to back. This clocks them where they really run: in a
 mitmdump under load, between mitmproxy's own work. Loaded after ``cf_gateway.py``
-(``profile_addon.py --profiler clock`` does that), it wraps the addon's hooks and its
-deferred summary-line writer once everything is running, and at exit writes the totals,
-in nanoseconds, to the JSON file named by ``CFGW_HOOK_CLOCK``.
+(``profile_addon.py --profiler clock`` does that), it wraps the addon's hooks, its deferred
+summary-line writer and the stream recorder (called per chunk) once everything is running, and
+at exit writes the totals, in nanoseconds, to the JSON file named by ``CFGW_HOOK_CLOCK``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from mitmproxy import ctx
 
 TIMED = ("requestheaders", "request", "responseheaders", "response", "error", "write_lines")
-totals = dict.fromkeys(TIMED, 0)
-calls = dict.fromkeys(TIMED, 0)
+CHUNKS = "stream chunks"  # Recorder.__call__: once per chunk of a relayed event stream
+totals = dict.fromkeys((*TIMED, CHUNKS), 0)
+calls = dict.fromkeys((*TIMED, CHUNKS), 0)
 
 
 def _clocked(name, fn, clock=time.perf_counter_ns):
@@ -39,6 +41,8 @@ def running() -> None:
         raise RuntimeError("hook_clock: cf-gateway is not loaded")
     for name in TIMED:
         setattr(gateway, name, _clocked(name, getattr(gateway, name)))  # mitmproxy looks hooks up per call
+    recorder = sys.modules["cfgw.recorder"].Recorder  # the class the loaded addon uses
+    recorder.__call__ = _clocked(CHUNKS, recorder.__call__)
 
 
 def done() -> None:
