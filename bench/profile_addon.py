@@ -13,9 +13,9 @@ is wrong in its own way:
   and barely slows it; each function's share of the samples is turned into µs per request
   with the process's measured CPU time per request (/proc), so its µs are close to real.
 - ``--profiler clock``: no profiler; ``hook_clock.py`` clocks the wall time inside each of
-  the addon's hooks (and its deferred summary-line writer) in the running mitmdump, next to
-  the process's CPU per request: how much of it the addon's own code takes under load, and
-  how much is mitmproxy's work.
+  the addon's hooks, its deferred summary-line writer and its stream recorder (per chunk) in
+  the running mitmdump, next to the process's CPU per request: how much of it the addon's own
+  code takes under load, and how much is mitmproxy's work.
 
     .venv/bin/python bench/profile_addon.py --workload small --seconds 10
     .venv/bin/python bench/profile_addon.py --workload agent --size 200000 --profiler py-spy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import json
@@ -732,8 +733,6 @@ def test_the_line_is_written_after_the_hook_in_an_event_loop(addon, caplog, tmp_
     """In mitmproxy (an event loop runs) the client's answer does not wait for the summary line:
     it is written right after the hook returns, the lines of one loop iteration in order, to the
     terminal and the file the settings named when the flow finished."""
-    import asyncio
-
     log_file = tmp_path / "summary.log"
     addon.tctx.configure(addon, cf_log_file=str(log_file))
     paths = ["/v1/models", "/v1/embeddings", "/v1/chat/completions"]

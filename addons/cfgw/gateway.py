@@ -522,6 +522,7 @@ class CfGateway:
             self.write_lines()
 
     def write_lines(self) -> None:
+        """The queued lines, in order; also run before the summary file changes and at shutdown."""
         lines, self.pending_lines = self.pending_lines, []
         for line, terminal, log_file in lines:
             if terminal:
