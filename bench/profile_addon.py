@@ -338,12 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"py-spy failed: {err.strip()[-500:]}", file=sys.stderr)
                 return 1
             print(sampled_report(prof, args.top, cpu_us))
-        elif args.profiler == "clock":
-            services.stop(proc.pid)  # mitmdump exits on SIGTERM, and hook_clock.py writes its totals
-            print(clock_report(prof, cpu_us))
         else:
-            services.stop(proc.pid)  # mitmdump exits on SIGTERM, and the child writes the profile
-            print(report(prof, args.top, cpu_us))
+            services.stop(proc.pid)  # mitmdump exits on SIGTERM; the cProfile child or hook_clock.py writes
+            print(clock_report(prof, cpu_us) if args.profiler == "clock" else report(prof, args.top, cpu_us))
         print(f"\nprofile: {prof}")
     finally:
         services.stop_all()
