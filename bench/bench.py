@@ -90,6 +90,9 @@ CORE_DUMP = "bare mitmdump, default console (flow_detail=1)"
 CORE_FLOOR = "mitmproxy's floor: -q, a script with the same 5 hooks doing nothing"
 CORE_FLOOR_LINE = "mitmproxy's floor with one line per request (flow_detail=0)"
 FLOOR_ADDON = str(HERE / "floor_addon.py")
+CORE_JOBS = "the jobs alone: -q, a script doing cf-gateway's per-request work, no checks"
+CORE_JOBS_LINE = "the jobs alone with one line per request (flow_detail=0)"
+JOBS_ADDON = str(HERE / "jobs_addon.py")
 CORE_DEFAULTS = "cf-gateway, ./run.sh defaults (line on, metrics on)"
 CORE_LOG_OFF = "cf-gateway, cf_log_requests=off, -q"
 CORE_METRICS_OFF = "cf-gateway, ./run.sh defaults, cf_metrics=off"
@@ -97,6 +100,7 @@ CORE_BOTH_OFF = "cf-gateway, cf_log_requests=off, cf_metrics=off, -q"
 AGENT_BASE = "bare mitmdump -q, stream_large_bodies=1 (the baseline)"
 AGENT_REF = "bare mitmdump -q, streams responses only (requests buffered)"
 AGENT_GW = "cf-gateway, ./run.sh defaults"
+AGENT_JOBS = "the jobs alone: -q, a script doing cf-gateway's per-request work, no checks"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +245,22 @@ class Services:
         )
         self.add(label, p.proc.pid, p.stop)
         return self.checked(Endpoint(label, p.port, UPSTREAM_PATH, [p.proc.pid], proxy=p))
+
+    def jobs_reference(
+        self, label: str, upstream: Endpoint, args: tuple[str, ...] = QUIET, env: dict[str, str] | None = None
+    ) -> Endpoint:
+        """mitmdump with bench/jobs_addon.py, aimed as cf-gateway is (reverse target port 0, lazy
+        connections): the script re-aims each flow at ``upstream`` and rewrites the client's path."""
+        p = start_proxy(
+            f"http://127.0.0.1:{upstream.port}",
+            addon=False,
+            workdir=self.dir("jobs"),
+            extra_args=[*args, "-s", JOBS_ADDON],
+            reverse_target=UNSERVABLE,
+            env={"JOBS_UPSTREAM_PORT": str(upstream.port), "JOBS_PREFIX": COMPAT, **(env or {})},
+        )
+        self.add(label, p.proc.pid, p.stop)
+        return self.checked(Endpoint(label, p.port, CLIENT_PATH, [p.proc.pid], proxy=p))
 
     @staticmethod
     def checked(ep: Endpoint) -> Endpoint:
@@ -483,6 +503,18 @@ def agent_goal_rows(raw: dict, sizes: tuple[int, ...]) -> list[list[str]]:
                 _rounds(r),
                 _spread(r),
                 verdict,
+            ]
+        )
+    for n in sizes if AGENT_JOBS in raw else ():
+        r = per_round(raw[AGENT_JOBS][str(n)], base[str(n)], "cpu_us_per_req")
+        rows.append(
+            [
+                f"reference: {AGENT_JOBS} ÷ baseline, {kb(n)}",
+                "",
+                _f(_median(r), 3),
+                _rounds(r),
+                _spread(r),
+                "",
             ]
         )
     for n in sizes:
@@ -797,6 +829,8 @@ def core_goal_rows(raw: dict, modes: tuple[str, ...]) -> list[list[str]]:
             rows.append(added_p50_row(raw, mode, CORE_DEFAULTS, CORE_BASE, GOAL_ADDED_P50_MS))
         if have(CORE_LOG_OFF, CORE_BASE):
             rows.append(added_p50_row(raw, mode, CORE_LOG_OFF, CORE_BASE, None))
+        if have(CORE_JOBS_LINE, CORE_BASE):
+            rows.append(added_p50_row(raw, mode, CORE_JOBS_LINE, CORE_BASE, None))
         if have(CORE_DEFAULTS, CORE_METRICS_OFF):
             rows.append(metrics_cost_row(raw, mode, CORE_DEFAULTS, CORE_METRICS_OFF, "line on"))
         if have(CORE_LOG_OFF, CORE_BOTH_OFF):
@@ -810,6 +844,12 @@ def core_goal_rows(raw: dict, modes: tuple[str, ...]) -> list[list[str]]:
         if have(CORE_FLOOR_LINE, CORE_BASE):
             rows.append(
                 ratio_row(raw, mode, CORE_FLOOR_LINE, CORE_BASE, None, f"reference: {CORE_FLOOR_LINE} ÷ -q")
+            )
+        if have(CORE_JOBS, CORE_BASE):
+            rows.append(ratio_row(raw, mode, CORE_JOBS, CORE_BASE, None, f"reference: {CORE_JOBS} ÷ -q"))
+        if have(CORE_JOBS_LINE, CORE_BASE):
+            rows.append(
+                ratio_row(raw, mode, CORE_JOBS_LINE, CORE_BASE, None, f"reference: {CORE_JOBS_LINE} ÷ -q")
             )
         if have(CORE_DEFAULTS, CORE_FLOOR_LINE):
             rows.append(
@@ -858,13 +898,15 @@ class Bench:
         floor_line = self.sv.bare_mitmdump(
             CORE_FLOOR_LINE, up, (*RUNSH_DEFAULTS, "-s", FLOOR_ADDON), env={"FLOOR_LOG": "1"}
         )
+        jobs = self.sv.jobs_reference(CORE_JOBS, up)
+        jobs_line = self.sv.jobs_reference(CORE_JOBS_LINE, up, RUNSH_DEFAULTS, env={"JOBS_LOG": "1"})
         variants = [
             (CORE_DEFAULTS, {}, RUNSH_DEFAULTS),
             (CORE_LOG_OFF, {"cf_log_requests": "off"}, QUIET),
             (CORE_METRICS_OFF, {"cf_metrics": "off"}, RUNSH_DEFAULTS),
             (CORE_BOTH_OFF, {"cf_log_requests": "off", "cf_metrics": "off"}, QUIET),
         ]
-        targets = [up, bare, dump, floor, floor_line]
+        targets = [up, bare, dump, floor, floor_line, jobs, jobs_line]
         for label, opts, args in variants:
             if set(opts) <= self.options:
                 targets.append(self.sv.proxy(label, up, opts, args))
@@ -900,6 +942,7 @@ class Bench:
         targets = [
             self.sv.bare_mitmdump(AGENT_BASE, up, QUIET + STREAM_ALL),
             self.sv.bare_mitmdump(AGENT_REF, up, QUIET + STREAM_RESPONSES),
+            self.sv.jobs_reference(AGENT_JOBS, up),
             gw,
         ]
         bodies = {n: agentbody.chat_request(n) for n in sizes}
