@@ -490,7 +490,7 @@ def agent_goal_rows(raw: dict, sizes: tuple[int, ...]) -> list[list[str]]:
     """CPU per request of cf-gateway ÷ bare streaming mitmdump per body size, and how the addon's
     added CPU grows with the body (µs per 100 KB, slope between the smallest and largest body)."""
     rows = []
-    gw, base, ref = raw[AGENT_GW], raw[AGENT_BASE], raw[AGENT_REF]
+    gw, base, ref, jobs = raw[AGENT_GW], raw[AGENT_BASE], raw[AGENT_REF], raw[AGENT_JOBS]
     for n in sizes:
         r = per_round(gw[str(n)], base[str(n)], "cpu_us_per_req")
         m = _median(r)
@@ -505,30 +505,13 @@ def agent_goal_rows(raw: dict, sizes: tuple[int, ...]) -> list[list[str]]:
                 verdict,
             ]
         )
-    for n in sizes if AGENT_JOBS in raw else ():
-        r = per_round(raw[AGENT_JOBS][str(n)], base[str(n)], "cpu_us_per_req")
-        rows.append(
-            [
-                f"reference: {AGENT_JOBS} ÷ baseline, {kb(n)}",
-                "",
-                _f(_median(r), 3),
-                _rounds(r),
-                _spread(r),
-                "",
-            ]
-        )
-    for n in sizes:
-        r = per_round(gw[str(n)], ref[str(n)], "cpu_us_per_req")
-        rows.append(
-            [
-                f"addon's own share: {AGENT_GW} ÷ requests-buffered reference, {kb(n)}",
-                "",
-                _f(_median(r), 3),
-                _rounds(r),
-                _spread(r),
-                "",
-            ]
-        )
+    for label, runs, other in (
+        (f"reference: {AGENT_JOBS} ÷ baseline", jobs, base),
+        (f"addon's own share: {AGENT_GW} ÷ requests-buffered reference", gw, ref),
+    ):
+        for n in sizes:
+            r = per_round(runs[str(n)], other[str(n)], "cpu_us_per_req")
+            rows.append([f"{label}, {kb(n)}", "", _f(_median(r), 3), _rounds(r), _spread(r), ""])
     if len(sizes) >= 2:
         lo, hi = str(sizes[0]), str(sizes[-1])
         per_100kb = (sizes[-1] - sizes[0]) / 100_000
