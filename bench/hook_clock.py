@@ -18,7 +18,7 @@ import time
 from mitmproxy import ctx
 
 TIMED = ("requestheaders", "request", "responseheaders", "response", "error", "write_lines")
-CHUNKS = "stream chunks"  # Recorder.__call__: once per chunk of a relayed event stream
+CHUNKS = "stream chunks"  # Recorder.relay: once per chunk of a relayed event stream
 totals = dict.fromkeys((*TIMED, CHUNKS), 0)
 calls = dict.fromkeys((*TIMED, CHUNKS), 0)
 
@@ -42,7 +42,7 @@ def running() -> None:
     for name in TIMED:
         setattr(gateway, name, _clocked(name, getattr(gateway, name)))  # mitmproxy looks hooks up per call
     recorder = sys.modules["cfgw.recorder"].Recorder  # the class the loaded addon uses
-    recorder.__call__ = _clocked(CHUNKS, recorder.__call__)
+    recorder.relay = _clocked(CHUNKS, recorder.relay)
 
 
 def done() -> None:

@@ -581,7 +581,8 @@ def test_event_streams_are_streamed_and_recorded(addon):
     arrive(addon, f)
     f.response = sse_response()
     addon.responseheaders(f)
-    assert isinstance(f.response.stream, Recorder)
+    assert f.response.stream == addon.flows[f].recorder.relay  # a Recorder's bound relay
+    assert isinstance(addon.flows[f].recorder, Recorder)
     chunks = [b'data: {"a":1}\n\n', b"data: [DONE]\n\n"]
     assert [f.response.stream(c) for c in chunks] == chunks  # passed on unchanged
     f.response.stream(b"")

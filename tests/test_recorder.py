@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -107,8 +108,8 @@ def pieces(data: bytes, size: int) -> list[bytes]:
 def test_chunks_pass_through_unchanged_and_are_counted():
     rec = Recorder(1 << 20, CHAT)
     body = sse_body()
-    out = [rec(c) for c in pieces(body, 7)]
-    rec(b"")
+    out = [rec.relay(c) for c in pieces(body, 7)]
+    rec.relay(b"")
     assert out == pieces(body, 7)
     assert rec.delivered == len(body)
     assert rec.body() == body
@@ -119,12 +120,12 @@ def test_chunks_pass_through_unchanged_and_are_counted():
 def test_the_chunk_object_itself_goes_back_to_mitmproxy():
     rec = Recorder(4, CHAT)
     chunk = b"data: x\n\n"
-    assert rec(chunk) is chunk
+    assert rec.relay(chunk) is chunk
 
 
 def test_nothing_delivered_means_no_first_chunk_time():
     rec = Recorder(10, CHAT)
-    rec(b"")
+    rec.relay(b"")
     assert (rec.delivered, rec.dropped, rec.body(), rec.first_chunk_at) == (0, 0, b"", None)
 
 
@@ -138,13 +139,41 @@ def test_kept_never_exceeds_limit(limit, chunks):
     rec = Recorder(limit, CHAT)
     sent = bytearray()
     for chunk in chunks:
-        assert rec(chunk) == chunk
+        assert rec.relay(chunk) == chunk
         sent += chunk
         assert len(rec.kept) <= limit
         assert rec.delivered == len(sent)
     rec.finish()
     assert rec.body() == bytes(sent[:limit])
     assert rec.dropped == max(0, len(sent) - limit)
+    assert (rec.first_chunk_at is not None) == bool(sent)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(sorted(FAMILY_STREAMS)),
+    lazy_scan=st.integers(min_value=0, max_value=700),
+    limit=st.integers(min_value=0, max_value=700),
+    sizes=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=30),
+    empty_chunks=st.booleans(),
+)
+def test_any_chunking_gives_the_same_record_and_usage(name, lazy_scan, limit, sizes, empty_chunks):
+    """However mitmproxy cuts a stream (empty chunks too), and wherever the fast path ends (lazy
+    scan, record limit), the record is the stream's first ``limit`` bytes and the usage is exact."""
+    family, body, expected = FAMILY_STREAMS[name]
+    chunks, at = [], 0
+    for size in itertools.cycle(sizes):
+        if at >= len(body):
+            break
+        chunks += [body[at : at + size], b""] if empty_chunks else [body[at : at + size]]
+        at += size
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recorder_mod, "LAZY_SCAN", lazy_scan)
+        rec = Recorder(limit, family)
+        assert [rec.relay(c) for c in chunks] == chunks
+    rec.finish()
+    assert (rec.body(), rec.delivered, rec.dropped) == (body[:limit], len(body), max(0, len(body) - limit))
+    assert rec.usage == expected
 
 
 def test_many_large_chunks_stay_within_limit():
@@ -152,7 +181,7 @@ def test_many_large_chunks_stay_within_limit():
     rec = Recorder(limit, CHAT)
     chunk = b"x" * 10_000
     for _ in range(1000):  # 10 MB through, 64 KiB kept
-        rec(chunk)
+        rec.relay(chunk)
         assert len(rec.kept) <= limit
     assert rec.delivered == 10_000_000
     assert len(rec.body()) == limit
@@ -162,8 +191,8 @@ def test_many_large_chunks_stay_within_limit():
 def test_zero_limit_keeps_nothing_but_counts_everything():
     rec = Recorder(0, CHAT)
     for c in pieces(sse_body(), 5):
-        rec(c)
-    rec(b"")
+        rec.relay(c)
+    rec.relay(b"")
     rec.finish()
     assert rec.body() == b""
     assert rec.delivered == len(sse_body())
@@ -176,7 +205,7 @@ def test_usage_of_each_family_is_read_at_the_end_of_a_small_stream(name):
     family, body, usage = FAMILY_STREAMS[name]
     rec = Recorder(1 << 20, family)
     for c in pieces(body, 11):
-        rec(c)
+        rec.relay(c)
     assert rec.scanner is None and rec.usage is None  # nothing parsed while the stream passes
     rec.finish()
     assert rec.usage == usage
@@ -190,7 +219,7 @@ def test_a_stream_beyond_the_lazy_scan_is_read_as_it_passes(name, monkeypatch):
     rec = Recorder(1 << 20, family)
     parts = pieces(body, 7)
     for c in parts:
-        rec(c)
+        rec.relay(c)
     assert rec.scanner is not None  # switched on once the record passed LAZY_SCAN
     assert rec.scanner.usage == usage  # every event ended with its blank line: read on the way
     rec.finish()
@@ -201,14 +230,14 @@ def test_past_the_record_limit_usage_is_still_exact():
     body = sse_body(n_events=50)
     rec = Recorder(100, CHAT)  # the usage event is far past what is kept
     for c in pieces(body, 13):
-        rec(c)
+        rec.relay(c)
     rec.finish()
     assert len(rec.body()) == 100 and rec.usage == Usage(3, 5, 8)
 
 
 def test_a_broken_stream_does_not_count_its_unterminated_last_event():
     rec = Recorder(1 << 20, CHAT)
-    rec(sse_body(final_newline=False))
+    rec.relay(sse_body(final_newline=False))
     rec.finish(complete=False)
     assert rec.usage is None
 
@@ -220,7 +249,7 @@ def test_the_recorder_reads_usage_with_the_family_it_was_given():
 
 
 def usage_of(rec: Recorder, body: bytes) -> Usage | None:
-    rec(body)
+    rec.relay(body)
     rec.finish()
     return rec.usage
 
@@ -228,8 +257,8 @@ def usage_of(rec: Recorder, body: bytes) -> Usage | None:
 def test_end_of_stream_parses_a_last_event_without_blank_line():
     rec = Recorder(1 << 20, CHAT)
     for c in pieces(sse_body(final_newline=False), 11):
-        rec(c)
-    rec(b"")  # mitmproxy's end-of-stream call is not the end marker...
+        rec.relay(c)
+    rec.relay(b"")  # mitmproxy's end-of-stream call is not the end marker...
     assert rec.usage is None
     rec.finish()  # ...the response hook's finish() is
     assert rec.usage == Usage(3, 5, 8)
@@ -240,10 +269,10 @@ def test_empty_chunk_mid_stream_does_not_end_the_stream():
     body = sse_body()
     cut = body.index(b'"usage": {')  # split the usage event, with an empty chunk in between
     rec = Recorder(1 << 20, CHAT)
-    rec(body[:cut])
-    rec(b"")
-    rec(body[cut:])
-    rec(b"")
+    rec.relay(body[:cut])
+    rec.relay(b"")
+    rec.relay(body[cut:])
+    rec.relay(b"")
     rec.finish()
     assert rec.body() == body
     assert rec.usage == Usage(3, 5, 8)
@@ -255,8 +284,8 @@ def test_encoded_stream_recorded_as_sent_and_decodable(coding):
     plain = sse_body(n_events=20)
     raw = encoding.encode(plain, coding)
     rec = Recorder(1 << 20, CHAT, coding)
-    assert b"".join(rec(c) for c in pieces(raw, 13)) == raw
-    rec(b"")
+    assert b"".join(rec.relay(c) for c in pieces(raw, 13)) == raw
+    rec.relay(b"")
     rec.finish()
     assert rec.body() == raw
     resp = http.Response.make(200, b"", {"content-type": "text/event-stream", "content-encoding": coding})
@@ -270,8 +299,8 @@ def test_encoded_stream_recorded_as_sent_and_decodable(coding):
 @pytest.mark.parametrize("coding", ["x-unknown", "gzip, gzip"])
 def test_unknown_or_stacked_encoding_still_relays_and_records(coding):
     rec = Recorder(100, CHAT, coding)
-    assert rec(b"\x00\x01garbage") == b"\x00\x01garbage"
-    rec(b"")
+    assert rec.relay(b"\x00\x01garbage") == b"\x00\x01garbage"
+    rec.relay(b"")
     rec.finish()
     assert rec.body() == b"\x00\x01garbage"
     assert rec.usage is None and rec.scanner.disabled
@@ -280,7 +309,7 @@ def test_unknown_or_stacked_encoding_still_relays_and_records(coding):
 def test_corrupt_encoded_stream_still_relays_and_records():
     rec = Recorder(1 << 20, CHAT, "gzip")
     junk = b"\x1f\x8b\x08\x00garbage" + sse_body()
-    assert rec(junk) == junk
+    assert rec.relay(junk) == junk
     rec.finish()
     assert rec.body() == junk
     assert rec.usage is None and rec.scanner.disabled
@@ -288,7 +317,7 @@ def test_corrupt_encoded_stream_still_relays_and_records():
 
 def test_finish_twice_is_harmless():
     rec = Recorder(1 << 20, CHAT)
-    rec(sse_body(final_newline=False))
+    rec.relay(sse_body(final_newline=False))
     rec.finish()
     rec.finish()
     assert rec.usage == Usage(3, 5, 8)

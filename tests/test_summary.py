@@ -245,8 +245,8 @@ def streamed(family: str, chunks: list[bytes], coding: str | None = None) -> tup
     info = forwarded(family)
     info.recorder = Recorder(1 << 20, BY_NAME[family], coding)
     for chunk in chunks:
-        assert info.recorder(chunk) is chunk
-    info.recorder(b"")
+        assert info.recorder.relay(chunk) is chunk
+    info.recorder.relay(b"")
     info.recorder.finish()
     info.recorder.first_chunk_at = 100.75
     resp(f).raw_content = info.recorder.body()

@@ -94,3 +94,7 @@ class Family:
     usage_events: re.Pattern[bytes] | None = None
     """Bytes that every event able to carry usage contains: reading a recorded stream, only the
     events around them are parsed (a handful, instead of hundreds of deltas). None: every event."""
+    last_usage_wins: bool = False
+    """Whether a stream's usage is what its last usage event says (chat, Responses) rather than
+    a sum over several (Anthropic's message_start and message_delta): then a recorded stream is
+    read from its end, where that event is, instead of searched from its start."""

@@ -483,6 +483,7 @@ FAMILY = Family(
     usage_from_json=usage_from_json,
     stream_usage=ResponsesStreamUsage,
     usage_events=markers(_TERMINAL),
+    last_usage_wins=True,
     render_request=render_request,
     render_response=render_response,
     render_stream=render_stream,

@@ -434,7 +434,7 @@ class CfGateway:
             info.recorder = Recorder(
                 self.settings.record_limit, BY_NAME[info.family], header(resp.headers, b"content-encoding")
             )
-            resp.stream = info.recorder
+            resp.stream = info.recorder.relay
             self.metrics.streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
