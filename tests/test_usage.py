@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.net import encoding
 from mitmproxy.test import tutils
 
-from cfgw import decoding, usage
+from cfgw import decoding, recorder, usage
 from cfgw.family import Usage
 from cfgw.family_chat import CHAT
 from cfgw.family_messages import FAMILY as MESSAGES
@@ -795,8 +795,19 @@ def test_a_stream_whose_last_usage_wins_is_read_from_its_end(name, monkeypatch):
     expected = Usage(3, 5, 8) if name == "chat" else Usage(9, 4, 13)
     assert usage.recorded_stream_usage(family, body, True) == expected == _whole_scan(family, body, True)
     assert parsed == [final + b"\n\n"]
-    assert len(body) > 60_000 and spy.searched == usage._FIRST_LOOK
+    assert len(body) > 60_000 and spy.searched < 2 * usage._FIRST_LOOK
     assert family.last_usage_wins and not MESSAGES.last_usage_wins  # Anthropic's usage adds up
+
+
+def test_a_stream_of_usage_events_without_counts_is_read_in_linear_time():
+    """Hostile upstream: every event looks like chat's usage event and none has a count. Looking
+    back from the end finds one; then the rest is read once, in order, not looked back at again."""
+    body = b'data: {"usage":{}}\n\n' * (recorder.LAZY_SCAN // 20)  # the most a recorded stream holds
+    start = time.perf_counter()
+    assert usage.recorded_stream_usage(CHAT, body + _EVENTS["chat"][2] + b"\n\n", True) == Usage(3, 5, 8)
+    assert usage.recorded_stream_usage(CHAT, _EVENTS["chat"][2] + b"\n\n" + body, True) == Usage(3, 5, 8)
+    assert usage.recorded_stream_usage(CHAT, body, True) is None
+    assert time.perf_counter() - start < 3  # seconds; about 0.2 s here
 
 
 def test_recorded_stream_usage_with_cr_line_ends_reads_the_whole_stream():
