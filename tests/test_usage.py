@@ -801,13 +801,22 @@ def test_a_stream_whose_last_usage_wins_is_read_from_its_end(name, monkeypatch):
 
 def test_a_stream_of_usage_events_without_counts_is_read_in_linear_time():
     """Hostile upstream: every event looks like chat's usage event and none has a count. Looking
-    back from the end finds one; then the rest is read once, in order, not looked back at again."""
+    back from the end finds one; then the stream is read once, in order, not looked back at again."""
     body = b'data: {"usage":{}}\n\n' * (recorder.LAZY_SCAN // 20)  # the most a recorded stream holds
     start = time.perf_counter()
     assert usage.recorded_stream_usage(CHAT, body + _EVENTS["chat"][2] + b"\n\n", True) == Usage(3, 5, 8)
     assert usage.recorded_stream_usage(CHAT, _EVENTS["chat"][2] + b"\n\n" + body, True) == Usage(3, 5, 8)
     assert usage.recorded_stream_usage(CHAT, body, True) is None
     assert time.perf_counter() - start < 3  # seconds; about 0.2 s here
+
+
+def test_when_the_last_usage_event_has_none_the_stream_is_read_as_in_order():
+    """Found by a fuzzer: a marker whose white space runs across a blank line, before a usage
+    object split over two data lines. Reading back from the end, then in order, gives the 5."""
+    body = b': x\n\ndata: {"usage"\ndata: :{"prompt_tokens":5}}\n: "usage"\n\n:{\ndata: {"usage":{}}\n\n'
+    for complete in (True, False):
+        assert usage.recorded_stream_usage(CHAT, body, complete) == Usage(input_tokens=5)
+        assert _whole_scan(CHAT, body, complete) == Usage(input_tokens=5)
 
 
 def test_recorded_stream_usage_with_cr_line_ends_reads_the_whole_stream():

@@ -399,8 +399,8 @@ or two events, a few hundred bytes); the search reaches back twice as far each t
 def _last_usage(family: Family, markers: re.Pattern[bytes], body: bytes, complete: bool) -> Usage | None:
     """The usage of the last event that carries one. Its marker is looked for back from the
     stream's end, where it is: a search from the start costs a pass over every delta (some 50 µs
-    for a 60 KB answer). Should that event carry none (cut short, garbled), the events before it
-    are read in order, as any other family's."""
+    for a 60 KB answer). Should that event carry none (cut short, garbled), the whole stream is
+    read in order, as any other family's."""
     window = _FIRST_LOOK
     while not (last := deque(markers.finditer(body, max(0, len(body) - window)), maxlen=1)):
         if window >= len(body):
@@ -408,7 +408,7 @@ def _last_usage(family: Family, markers: re.Pattern[bytes], body: bytes, complet
         window *= 2
     start = _event_around(body, last[0])[0]
     usage = _usage_in_order(family, markers, body[start:], complete)  # no event after it has a marker
-    return usage if usage is not None else _usage_in_order(family, markers, body[:start], True)
+    return usage if usage is not None else _usage_in_order(family, markers, body, complete)
 
 
 def _event_around(body: bytes, match: re.Match[bytes]) -> tuple[int, int]:
