@@ -818,22 +818,15 @@ def core_goal_rows(raw: dict, modes: tuple[str, ...]) -> list[list[str]]:
             rows.append(metrics_cost_row(raw, mode, CORE_DEFAULTS, CORE_METRICS_OFF, "line on"))
         if have(CORE_LOG_OFF, CORE_BOTH_OFF):
             rows.append(metrics_cost_row(raw, mode, CORE_LOG_OFF, CORE_BOTH_OFF, "line off"))
-        if have(CORE_DUMP, CORE_BASE):
-            rows.append(
-                ratio_row(raw, mode, CORE_DUMP, CORE_BASE, None, "reference: mitmproxy's own flow dump ÷ -q")
-            )
-        if have(CORE_FLOOR, CORE_BASE):
-            rows.append(ratio_row(raw, mode, CORE_FLOOR, CORE_BASE, None, f"reference: {CORE_FLOOR} ÷ -q"))
-        if have(CORE_FLOOR_LINE, CORE_BASE):
-            rows.append(
-                ratio_row(raw, mode, CORE_FLOOR_LINE, CORE_BASE, None, f"reference: {CORE_FLOOR_LINE} ÷ -q")
-            )
-        if have(CORE_JOBS, CORE_BASE):
-            rows.append(ratio_row(raw, mode, CORE_JOBS, CORE_BASE, None, f"reference: {CORE_JOBS} ÷ -q"))
-        if have(CORE_JOBS_LINE, CORE_BASE):
-            rows.append(
-                ratio_row(raw, mode, CORE_JOBS_LINE, CORE_BASE, None, f"reference: {CORE_JOBS_LINE} ÷ -q")
-            )
+        for label, title in (
+            (CORE_DUMP, "mitmproxy's own flow dump"),
+            (CORE_FLOOR, CORE_FLOOR),
+            (CORE_FLOOR_LINE, CORE_FLOOR_LINE),
+            (CORE_JOBS, CORE_JOBS),
+            (CORE_JOBS_LINE, CORE_JOBS_LINE),
+        ):
+            if have(label, CORE_BASE):
+                rows.append(ratio_row(raw, mode, label, CORE_BASE, None, f"reference: {title} ÷ -q"))
         if have(CORE_DEFAULTS, CORE_FLOOR_LINE):
             rows.append(
                 ratio_row(raw, mode, CORE_DEFAULTS, CORE_FLOOR_LINE, None, "the addon's own share, line on")
