@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.flows import GOOD, clean_environment, loaded
 from tests.harness import Proxy, start_proxy
 from tests.standin_gateway import StandinGateway
 
@@ -27,7 +26,7 @@ def gw(gateway):
 
 @pytest.fixture(scope="module")
 def proxy(gateway, tmp_path_factory):
-    """A default proxy (pass-through, logging on) in front of the stand-in, shared by a module."""
+    """A default proxy (pass-through) in front of the stand-in, shared by a module."""
     p = start_proxy(gateway.base_url, workdir=tmp_path_factory.mktemp("proxy"))
     yield p
     p.stop()
@@ -48,15 +47,3 @@ def make_proxy(gateway, tmp_path):
     yield make
     for p in started:
         p.stop()
-
-
-@pytest.fixture
-def addon(monkeypatch, tmp_path):
-    """The addon loaded under taddons, configured with valid ids in a clean environment;
-    ``addon.tctx`` reconfigures it. Teardown runs done(), which uninstalls the process-wide
-    log-record factory load() installed, so it never leaks into the next test."""
-    clean_environment(monkeypatch, tmp_path)
-    with loaded() as (a, tctx):
-        tctx.configure(a, **GOOD)
-        a.tctx = tctx
-        yield a

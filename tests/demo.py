@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,10 +33,18 @@ def host_port() -> int:
     return int(value or 3000)
 
 
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main(argv: list[str]) -> int:
     web = bool(argv) and argv[0] == "web"
     extra = argv[1:] if web else argv
     port = host_port()
+    if port_taken(port):
+        print(f"demo: port {port} is taken by another program; set HOST_PORT to a free port", file=sys.stderr)
+        return 1
     # Ctrl-C and a supervisor's SIGTERM both end the demo through its cleanup below (else SIGTERM
     # would leave mitmdump running), even when it was started with SIGINT ignored, as a script's
     # background job is: mitmdump itself always honours both.
@@ -101,7 +110,7 @@ def main(argv: list[str]) -> int:
             f"  Anthropic SDK, Claude Code: Anthropic(base_url='http://127.0.0.1:{port}', api_key='sk-ant-x')"
         )
         if web:
-            print("  mitmweb UI: http://127.0.0.1:8081")
+            print("  mitmweb UI: open the 'Web server listening at http://127.0.0.1:8081/?token=...' URL above")
         print(flush=True)
         return proxy.wait()
     except KeyboardInterrupt:

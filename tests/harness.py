@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "cf_gateway.py"
@@ -33,22 +32,10 @@ GATEWAY_ID = "test-gw"
 CF_ENV = (
     "ACCOUNT_ID",
     "GATEWAY_ID",
-    "CF_BASE_URL",
-    "CF_LOG_REQUESTS",
-    "CF_LOG_FORMAT",
-    "CF_RECORD_LIMIT",
-    "CF_AIG_TOKEN",
-    "PROXY_KEYS",
-    "CF_REDACT",
-    "CF_METRICS",
-    "CF_ROUTES",
-    "CF_GATEWAY_ERRORS",
-    "CF_CLIENT_GATEWAY_HEADERS",
-    "CF_OPEN_PROXY",
-    "CF_LOG_FILE",
-    "CF_PROVIDER_KEYS",
     "HOST_PORT",
     "HOST_ADDR",
+    "PROXY_KEYS",
+    "CLOUDFLARE_API_TOKEN",
 )
 
 
@@ -72,7 +59,8 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
 
 
 def clean_env(**env: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in CF_ENV}
+    """The test runner's environment without any of the proxy's settings."""
+    out = {k: v for k, v in os.environ.items() if k not in CF_ENV and not k.startswith("CF_")}
     out.update(env)
     return out
 
@@ -155,6 +143,7 @@ def start_proxy(
         f"reverse:{reverse_target or (UNSERVABLE if addon else upstream)}@127.0.0.1:{port}",
         "--set",
         "connection_strategy=lazy",
+        *(["--set", "flow_detail=0"] if tool == "mitmdump" else []),
     ]
     if addon:
         cmd += ["-s", str(ADDON)]
@@ -231,8 +220,10 @@ def start_mitmweb(upstream: str, workdir: Path, *extra_args: str, **kwargs) -> t
     return p, f"http://127.0.0.1:{web_port}"
 
 
-def web_client(base_url: str, timeout: float = 60) -> httpx.Client:
+def web_client(base_url: str, timeout: float = 60):
     """An HTTP client logged in to mitmweb's UI (the password login sets the session cookie)."""
+    import httpx  # the demo imports this module with the runtime packages only
+
     ui = httpx.Client(base_url=base_url, timeout=timeout)
     assert ui.get("/", params={"token": WEB_PASSWORD}).status_code == 200
     return ui
@@ -270,3 +261,23 @@ class RawUpstream:
 
     def close(self) -> None:
         self._sock.close()
+
+
+# The sandbox sets PYTHONDONTWRITEBYTECODE, so every mitmdump start compiles mitmproxy again (about 4 s of
+# CPU); end-to-end tests that start many processes keep the bytecode in a temp dir instead (not in .venv).
+BYTECODE_CACHE = Path(tempfile.gettempdir()) / "cfgw-pycache"
+
+
+def quick_env(**env: str) -> dict[str, str]:
+    """``env`` for start_proxy/run_mitmdump, plus a bytecode cache outside the repository."""
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(BYTECODE_CACHE), **env}
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10, interval: float = 0.02) -> bool:
+    """Poll condition until it is true (True) or timeout seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Local stand-in for Cloudflare AI Gateway: the compat endpoint and the OpenAI and Anthropic
-provider-native routes.
+"""Local stand-in for Cloudflare AI Gateway: the compat endpoint, the OpenAI and Anthropic
+provider-native routes, and Cloudflare's REST API (``/client/v4/accounts/{account}/ai/...``).
 
 Why: cf-gateway's end-to-end tests and benchmarks need an upstream that behaves like
 ``gateway.ai.cloudflare.com/v1/{account}/{gateway}/...`` (URLs, error envelopes and codes,
@@ -14,7 +14,9 @@ In-process::
         httpx.post(gw.compat_url + "/chat/completions", ...)
         anthropic.Anthropic(base_url=gw.anthropic_url, api_key="sk-ant-...")
         openai.OpenAI(base_url=gw.openai_url, api_key="sk-...")
-        gw.requests[-1].path
+        openai.OpenAI(base_url=gw.rest_openai_url, api_key=STANDIN_API_TOKEN)  # REST API
+        anthropic.Anthropic(base_url=gw.rest_anthropic_url, auth_token=STANDIN_API_TOKEN)
+        gw.requests[-1].path, gw.requests[-1].authorization, gw.requests[-1].aig_gateway_id
 
 ``require_token=None`` (the default) emulates a gateway created before 2026-11-03 without
 authentication; real new gateways always require ``cf-aig-authorization``, so tests of the
@@ -23,7 +25,7 @@ normal case pass a token.
 CLI (``./run.sh demo``, benchmarks)::
 
     python tests/standin_gateway.py [--host H] [--port P] [--account-id A]
-        [--gateway-id G] [--require-token T] [--quiet]
+        [--gateway-id G] [--require-token T] [--api-token T] [--quiet]
 
 Routes under ``/v1/{account}/{gateway}/``:
 
@@ -51,13 +53,38 @@ must start with ``sk-ant-`` (else 401 ``invalid x-api-key``); any ``Authorizatio
 ``Bearer sk-ant-...`` (else 401 ``Invalid bearer token``). OpenAI: any ``Authorization`` must be
 ``Bearer sk-...`` (else 401 ``invalid_api_key``).
 
+REST API routes under ``/client/v4/accounts/{account}/ai/`` (same server, so a proxy's
+CF_BASE_URL can point at it), all POST, model names ``author/model`` or ``@cf/author/model``:
+
+- ``run``: ``{"model", "input": {...}}`` -> ``{"result": {"response", "usage": {prompt_tokens,
+  completion_tokens, total_tokens}}, "success": true, "errors": [], "messages": []}``; with
+  ``input.stream: true``, Workers AI's SSE: ``data: {"response": "<word>"}`` events, a last
+  ``data: {"response": "", "usage": {...}}``, then ``data: [DONE]``. Always text.
+- ``v1/chat/completions``, ``v1/responses``, ``v1/messages``: the OpenAI chat, Responses and
+  Anthropic Messages formats, as on the gateway routes (streams, tool calls, thinking).
+- Anything else under ``/client/v4/`` (``v1/models``, ``v1/embeddings``,
+  ``v1/messages/count_tokens``, ``GET v1/responses/{id}``, a wrong method): 404/7000.
+
+REST errors use Cloudflare's v4 envelope ``{"result": null, "success": false, "errors":
+[{"code", "message"}], "messages": []}``. Order of checks: record -> x-standin-echo
+-> x-standin-close/-hang -> route (404/7000 ``No route for that URI``)
+-> ``Authorization: Bearer <api_token>`` (401/10000 ``Authentication error``; ``require_token``
+plays no part) -> account (404/7003 ``Could not route to <path>, perhaps your object identifier
+is invalid?``) -> x-standin-status -> body (400/5006 ``Bad input: ...``) -> model name
+(400/5007 ``No such model <model> or task``) -> ``@cf/`` model without ``cf-aig-gateway-id``
+(400/2001) -> answer. Inferred, not documented: 5006 and 5007 (Workers AI's codes) and 2001 for
+these cases, 7000 for a wrong method. The ``cf-aig-gateway-id`` header is recorded
+(``Recorded.aig_gateway_id``), not checked.
+
 Test-control request headers (every route; streams of all formats):
 
 - ``x-standin-echo: 1``: 200 JSON {method, path, query, headers, body} on any path.
 - ``x-standin-close: before-headers`` (FIN, no answer) / ``mid-body`` (short body, RST);
   ``x-standin-hang: S``: silence for S seconds (max 60), then close.
 - ``x-standin-status: 4xx|5xx`` (+ ``x-standin-retry-after``): provider error in the route's
-  provider shape (OpenAI's for compat and openai, Anthropic's for anthropic).
+  provider shape (OpenAI's for compat and openai, Anthropic's for anthropic); on REST routes
+  a v4 error: 400/5006, 401 and 403/10000 ``Authentication error``, 402/2021 ``Insufficient
+  balance``, 404/7000, 429/2003 ``Rate limited``, other 4xx/5006, 5xx/2005.
 - ``x-standin-events: N``, ``x-standin-event-bytes: B`` (each text event exactly B bytes;
   Responses streams pad the ``obfuscation`` field so ``*.done`` texts stay clean),
   ``x-standin-delay-ms: D`` (between stream events; once before a JSON answer).
@@ -65,7 +92,32 @@ Test-control request headers (every route; streams of all formats):
   being sent, until ``release(NAME)`` (sticky until ``clear()``) or 30 s.
 - ``x-standin-reset-after: N``: RST after N stream events (``data: [DONE]`` counts).
 - ``x-standin-encoding: gzip``: gzip the SSE body, sync-flushed per event.
-- ``x-standin-tool-call: 1`` (or a ``tools`` list): answer with a tool call.
+- ``x-standin-tool: NAME``, ``x-standin-tool-call: 1``, ``x-standin-tool-args: {JSON}``: see below.
+
+Tool calls: chat, Responses and Messages requests (gateway and REST routes) get what a model in an
+agent loop answers, so agent CLIs finish their loop:
+
+1. The conversation ends with a tool result (chat: last message has role ``tool``; Responses:
+   last ``input`` item is a ``function_call_output`` or other ``*_call_output``; Messages: the
+   last user message holds ``tool_result`` blocks): text, ``Done: the tool returned N
+   characters.`` (N = length of the last result's text), never a call, whatever the headers.
+   One tool round per conversation: once it holds a call of the model's (chat ``tool_calls``,
+   a ``tool_use`` block, a ``function_call`` item), later answers are text (REPLY_TEXT) too;
+   else Claude Code's background-agent notifications would start a new round each time.
+2. Else a call when there are callable tools: chat ``function`` tools, Responses ``type:
+   function`` tools, Anthropic tools with an ``input_schema`` (Codex's ``local_shell`` or
+   ``web_search``, Anthropic server tools are skipped). Which: ``x-standin-tool: NAME`` (text if
+   no such tool), else the first. ``x-standin-tool-call: 1`` without callable tools calls
+   ``get_weather``. No tools: text (REPLY_TEXT).
+3. Arguments: ``x-standin-tool-args`` (a JSON object; anything else is a 400 in the route's
+   error shape), else filled from the tool's schema (chat ``function.parameters``, Responses
+   ``parameters``, Anthropic ``input_schema``): every required property gets its first enum value
+   or an example of its type (string ``"example"``, but ``command``/``cmd`` ``"echo standin"``
+   and ``path``/``file_path`` ``"README.md"``; an array ``command`` ``["echo", "standin"]``;
+   integer/number 1; boolean true; array []; object: its required properties). A schema that
+   requires nothing gets TOOL_ARGUMENTS ``{"city": "Paris"}``, or ``{}`` with
+   ``additionalProperties: false``. Streams send the arguments in 5-character pieces
+   (``tool_calls`` deltas, ``input_json_delta``, ``response.function_call_arguments.delta``).
 """
 
 from __future__ import annotations
@@ -101,9 +153,28 @@ DEFAULT_CLI_PORT = 8787
 REPLY_TEXT = "Hello from the stand-in gateway."
 REPLY_WORDS = REPLY_TEXT.split()
 DEFAULT_TOOL_NAME = "get_weather"
+# Arguments of a call to DEFAULT_TOOL_NAME, or to a tool whose schema requires nothing.
 TOOL_ARGUMENTS = '{"city": "Paris"}'
-# How OpenAI fragments tool-call arguments across stream chunks (joined == TOOL_ARGUMENTS).
-TOOL_ARGUMENT_PIECES = ('{"ci', 'ty": ', '"Par', 'is"}')
+# Streams carry a call's arguments in pieces of this many characters (as JSON text).
+ARGUMENT_PIECE_CHARS = 5
+TOOL_ARGUMENT_PIECES = ('{"cit', 'y": "', "Paris", '"}')  # TOOL_ARGUMENTS in pieces, as streamed
+# The final answer after a tool result ("Done: the tool returned 12 characters.").
+TOOL_RESULT_REPLY = "Done: the tool returned {} characters."
+# Example values for required tool arguments: by property name first, then by JSON type.
+EXAMPLE_BY_NAME: dict[str, Any] = {
+    "command": "echo standin",  # Claude Code's Bash; an array-typed "command" (Codex's shell) gets a list
+    "cmd": "echo standin",  # Codex's exec_command
+    "path": "README.md",
+    "file_path": "README.md",
+}
+EXAMPLE_BY_TYPE: dict[str, Any] = {
+    "string": "example",
+    "integer": 1,
+    "number": 1,
+    "boolean": True,
+    "array": [],
+    "null": None,
+}
 SYSTEM_FINGERPRINT = "fp_standin"
 THINKING_TEXT = "The user wants a short greeting."
 THINKING_SIGNATURE = "EqQBCkYIBxgCKkBzdGFuZC1pbiB0aGlua2luZyBzaWduYXR1cmU="
@@ -128,6 +199,20 @@ GATEWAY_ERRORS = {
     2008: (400, "Invalid provider"),
     2009: (401, "Unauthorized"),
     2019: (400, "Chat completion bad format"),
+}
+
+# Cloudflare's REST API (api.cloudflare.com/client/v4/accounts/{account}/ai/...).
+STANDIN_API_TOKEN = "StandinCloudflareApiToken_0123456789abcd"  # the default Cloudflare API token
+REST_PREFIX = "/client/v4/"
+REST_ROUTES = ("run", "v1/chat/completions", "v1/responses", "v1/messages")  # all POST
+# x-standin-status on REST routes: status -> (code, message); others: 5006 (4xx) or 2005 (5xx).
+CLOUDFLARE_STATUS_ERRORS = {
+    400: (5006, "Bad input"),
+    401: (10000, "Authentication error"),
+    402: (2021, "Insufficient balance"),
+    403: (10000, "Authentication error"),
+    404: (7000, "No route for that URI"),
+    429: (2003, "Rate limited"),
 }
 
 # Provider (OpenAI-shaped) error type/code for x-standin-status.
@@ -235,6 +320,13 @@ def _embedding(item: Any) -> list[float]:
     return [(b - 128) / 128 for b in digest[:EMBEDDING_DIMS]]
 
 
+def _bearer_token(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (any case of "Bearer"), else None."""
+    if value is None or value[:7].lower() != "bearer ":
+        return None
+    return value[7:].strip()
+
+
 def _int_header(value: str | None, default: int | None = None) -> int | None:
     if value is None:
         return default
@@ -257,10 +349,11 @@ def _base62_id(prefix: str, length: int = 22) -> str:
     return prefix + "".join(random.choices(_ID_CHARS, k=length))
 
 
-def _reply_pieces(n: int) -> Iterator[str]:
-    """The streamed text: REPLY_WORDS cycled, one word per event (joined == REPLY_TEXT for n=5)."""
+def _reply_pieces(n: int, text: str = REPLY_TEXT) -> Iterator[str]:
+    """The streamed text: its words cycled, one per event (joined == text for n = its word count)."""
+    words = text.split()
     for i in range(n):
-        word = REPLY_WORDS[i % len(REPLY_WORDS)]
+        word = words[i % len(words)]
         yield word if i == 0 else " " + word
 
 
@@ -286,14 +379,223 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
 
 
-def _first_tool_name(tools: Any, forced: bool) -> str | None:
-    """Name of the first tool in a native request (flat ``name``, or chat's ``function.name``)."""
-    if isinstance(tools, list) and tools:
-        first = tools[0] if isinstance(tools[0], dict) else {}
-        fn = first.get("function")
-        name = first.get("name") or (fn.get("name") if isinstance(fn, dict) else None)
-        return name if isinstance(name, str) and name else DEFAULT_TOOL_NAME
-    return DEFAULT_TOOL_NAME if forced else None
+# ---- the model's turn: text, or a call of one of the request's tools ----------
+
+
+class Turn(NamedTuple):
+    """What the stand-in model answers a request with: `text`, or a call of `tool`."""
+
+    text: str
+    tool: str | None = None
+    arguments: str = TOOL_ARGUMENTS  # the call's arguments, JSON text
+
+
+def _plain_text(content: Any) -> str:
+    """The text of message or tool-result content: a string, or a list of strings / text parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    return "".join(texts)
+
+
+def _function_tools(fmt: str, req: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, JSON schema) of each tool the model may call, in request order.
+
+    fmt "chat": ``{"type": "function", "function": {"name", "parameters"}}``; "responses":
+    ``{"type": "function", "name", "parameters"}``; "messages": ``{"name", "input_schema"}``.
+    Other tools (Codex's local_shell or web_search, Anthropic's server tools) are skipped.
+    """
+    tools = req.get("tools")
+    if not isinstance(tools, list):
+        return []
+    found = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        if fmt == "chat":
+            function = tool.get("function")
+            if tool.get("type", "function") != "function" or not isinstance(function, dict):
+                continue
+            name, schema = function.get("name"), function.get("parameters")
+        elif fmt == "responses":
+            if tool.get("type") != "function":
+                continue
+            name, schema = tool.get("name"), tool.get("parameters")
+        else:
+            name, schema = tool.get("name"), tool.get("input_schema")
+            if not isinstance(schema, dict):
+                continue
+        if isinstance(name, str) and name:
+            found.append((name, schema))
+    return found
+
+
+def _last_tool_result(fmt: str, req: dict[str, Any]) -> str | None:
+    """The output of the tool result that ends the conversation; None when it ends otherwise.
+
+    chat: the last message has role "tool"; responses: the last input item is a
+    ``function_call_output`` (or another ``*_call_output``); messages: the last user message
+    holds ``tool_result`` blocks (the last one counts).
+    """
+    if fmt == "chat":
+        messages = req.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+            if messages[-1].get("role") == "tool":
+                return _plain_text(messages[-1].get("content"))
+        return None
+    if fmt == "responses":
+        items = req.get("input")
+        if isinstance(items, list) and items and isinstance(items[-1], dict):
+            kind = items[-1].get("type")
+            if isinstance(kind, str) and kind.endswith("_call_output"):
+                return _plain_text(items[-1].get("output"))
+        return None
+    messages = req.get("messages")
+    if not isinstance(messages, list):
+        return None
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1].get("content"), list):
+        return None
+    results = [b for b in users[-1]["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+    if not results:
+        return None
+    return _plain_text(results[-1].get("content"))
+
+
+def _has_tool_call(fmt: str, req: dict[str, Any]) -> bool:
+    """Whether the conversation already holds a tool call of the model's.
+
+    chat: an assistant message with ``tool_calls``; responses: an input item of type
+    ``function_call`` (or another ``*_call``); messages: an assistant ``tool_use`` block.
+    """
+    if fmt == "responses":
+        items = req.get("input")
+        if not isinstance(items, list):
+            return False
+        for item in items:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if isinstance(kind, str) and kind.endswith("_call"):
+                return True
+        return False
+    messages = req.get("messages")
+    if not isinstance(messages, list):
+        return False
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        if fmt == "chat" and message.get("tool_calls"):
+            return True
+        content = message.get("content")
+        if fmt == "messages" and isinstance(content, list):
+            if any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content):
+                return True
+    return False
+
+
+def _example_value(name: str, schema: Any) -> Any:
+    """A value that fits a property's schema, so that an agent can run the tool."""
+    if not isinstance(schema, dict):
+        schema = {}
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: the first non-null type
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        options = schema.get("anyOf") or schema.get("oneOf")
+        if isinstance(options, list) and options:
+            return _example_value(name, options[0])
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        return _example_object(schema)
+    if kind == "array" and name == "command":
+        return ["echo", "standin"]  # Codex's shell tool takes argv
+    if kind == "string" and name in EXAMPLE_BY_NAME:
+        return EXAMPLE_BY_NAME[name]
+    return EXAMPLE_BY_TYPE.get(kind, "example")
+
+
+def _example_object(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object with every required property of `schema` filled in."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        properties = {}
+    required = schema.get("required")
+    if not isinstance(required, list):
+        return {}
+    return {name: _example_value(name, properties.get(name)) for name in required if isinstance(name, str)}
+
+
+def _schema_arguments(schema: Any) -> str:
+    """A call's arguments (JSON text) for a tool's JSON schema.
+
+    Every required property gets an example value. A schema that requires nothing gets the
+    classic TOOL_ARGUMENTS, or ``{}`` when it forbids unlisted properties
+    (``additionalProperties: false``, as strict agent tools do).
+    """
+    if isinstance(schema, dict) and schema.get("required"):
+        return json.dumps(_example_object(schema))
+    if isinstance(schema, dict) and schema.get("additionalProperties") is False:
+        return "{}"
+    return TOOL_ARGUMENTS
+
+
+def _override_arguments(value: str) -> str:
+    """x-standin-tool-args: a JSON object, used as the call's arguments."""
+    try:
+        arguments = json.loads(value)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"x-standin-tool-args is not a JSON object: {value}")
+    return json.dumps(arguments)
+
+
+def _model_turn(fmt: str, req: dict[str, Any], headers: Any) -> Turn:
+    """The agent-loop rules: text after a tool result, else a call when there are tools.
+
+    One tool round per conversation: once it holds a tool call, every answer is text (Claude
+    Code's background-agent notifications would otherwise start a new round each time).
+    fmt is "chat", "responses" or "messages". Raises ValueError for a bad x-standin-tool-args.
+    """
+    result = _last_tool_result(fmt, req)
+    if result is not None:
+        return Turn(TOOL_RESULT_REPLY.format(len(result)))
+    if _has_tool_call(fmt, req):
+        return Turn(REPLY_TEXT)
+    tools = _function_tools(fmt, req)
+    wanted = headers.get("x-standin-tool")
+    if wanted is not None:
+        matching = [tool for tool in tools if tool[0] == wanted]
+        if not matching:
+            return Turn(REPLY_TEXT)
+        name, schema = matching[0]
+    elif tools:
+        name, schema = tools[0]
+    elif headers.get("x-standin-tool-call") == "1":
+        name, schema = DEFAULT_TOOL_NAME, None
+    else:
+        return Turn(REPLY_TEXT)
+    override = headers.get("x-standin-tool-args")
+    if override is not None:
+        return Turn(REPLY_TEXT, name, _override_arguments(override))
+    return Turn(REPLY_TEXT, name, _schema_arguments(schema))
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """A call's arguments as streams carry them: pieces of ARGUMENT_PIECE_CHARS characters."""
+    size = ARGUMENT_PIECE_CHARS
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
 
 
 # ---- Anthropic Messages ------------------------------------------------------
@@ -312,27 +614,27 @@ def _anthropic_thinking(req: dict[str, Any]) -> bool:
     return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
-def _anthropic_message(model: str, req: dict[str, Any], tool: str | None) -> dict[str, Any]:
+def _anthropic_message(model: str, req: dict[str, Any], turn: Turn) -> dict[str, Any]:
     """A Messages API answer: [thinking] then tool_use or text."""
     content: list[dict[str, Any]] = []
     output = 0
     if _anthropic_thinking(req):
         content.append({"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE})
         output += len(THINKING_TEXT.split())
-    if tool:
-        tool_id = _base62_id("toolu_01")
-        content.append({"type": "tool_use", "id": tool_id, "name": tool, "input": json.loads(TOOL_ARGUMENTS)})
-        output += len(TOOL_ARGUMENTS.split())
+    if turn.tool:
+        block = {"type": "tool_use", "id": _base62_id("toolu_01"), "name": turn.tool}
+        content.append({**block, "input": json.loads(turn.arguments)})
+        output += len(turn.arguments.split())
     else:
-        content.append({"type": "text", "text": REPLY_TEXT})
-        output += len(REPLY_WORDS)
+        content.append({"type": "text", "text": turn.text})
+        output += len(turn.text.split())
     return {
         "id": _base62_id("msg_01"),
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": "tool_use" if tool else "end_turn",
+        "stop_reason": "tool_use" if turn.tool else "end_turn",
         "stop_sequence": None,
         "usage": {
             "input_tokens": _anthropic_input_tokens(req),
@@ -383,11 +685,12 @@ def _anthropic_events(message: dict[str, Any], n_events: int, event_bytes: int) 
             yield _anthropic_delta(index, {"type": "signature_delta", "signature": block["signature"]})
             output += len(words)
         elif kind == "tool_use":
-            for piece in ("", *TOOL_ARGUMENT_PIECES):  # Anthropic opens with an empty fragment
+            arguments = json.dumps(block["input"])
+            for piece in ("", *_argument_pieces(arguments)):  # Anthropic opens with an empty fragment
                 yield _anthropic_delta(index, {"type": "input_json_delta", "partial_json": piece})
-            output += len(TOOL_ARGUMENTS.split())
+            output += len(arguments.split())
         else:
-            for piece in _reply_pieces(n_events):
+            for piece in _reply_pieces(n_events, block["text"]):
                 yield _sized(functools.partial(_anthropic_text_delta, index, piece), event_bytes, fillers)
             output += n_events
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
@@ -435,7 +738,7 @@ def _responses_input_items(req: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def _response_object(model: str, req: dict[str, Any], pieces: list[str], tool: str | None) -> dict[str, Any]:
+def _response_object(model: str, req: dict[str, Any], pieces: list[str], turn: Turn) -> dict[str, Any]:
     """A completed Responses API object: [reasoning] then function_call or message (text = pieces)."""
     reasoning = req.get("reasoning") if isinstance(req.get("reasoning"), dict) else None
     output: list[dict[str, Any]] = []
@@ -445,18 +748,18 @@ def _response_object(model: str, req: dict[str, Any], pieces: list[str], tool: s
         summary = [{"type": "summary_text", "text": THINKING_TEXT}] if wants_summary else []
         output.append({"type": "reasoning", "id": _hex_id("rs_"), "summary": summary})
         reasoning_tokens = len(THINKING_TEXT.split())
-    if tool:
+    if turn.tool:
         output.append(
             {
                 "type": "function_call",
                 "id": _hex_id("fc_"),
                 "call_id": _base62_id("call_", 24),
-                "name": tool,
-                "arguments": TOOL_ARGUMENTS,
+                "name": turn.tool,
+                "arguments": turn.arguments,
                 "status": "completed",
             }
         )
-        visible = len(TOOL_ARGUMENTS.split())
+        visible = len(turn.arguments.split())
     else:
         text = {"type": "output_text", "text": "".join(pieces), "annotations": [], "logprobs": []}
         message = {"type": "message", "id": _hex_id("msg_"), "status": "completed", "role": "assistant"}
@@ -541,7 +844,7 @@ def _responses_events(response: dict[str, Any], pieces: list[str], event_bytes: 
             yield event("response.content_part.done", **where, part=part)
         elif kind == "function_call":
             where = {"item_id": item["id"], "output_index": index}
-            for piece in TOOL_ARGUMENT_PIECES:
+            for piece in _argument_pieces(item["arguments"]):
                 yield event("response.function_call_arguments.delta", **where, delta=piece)
             name, arguments = item["name"], item["arguments"]
             yield event("response.function_call_arguments.done", **where, name=name, arguments=arguments)
@@ -554,6 +857,39 @@ def _responses_events(response: dict[str, Any], pieces: list[str], event_bytes: 
                 yield event("response.reasoning_summary_part.done", **where, part=part)
         yield event("response.output_item.done", output_index=index, item=item)
     yield event("response.completed", response=response)
+
+
+# ---- Cloudflare's REST API -----------------------------------------------------
+
+
+def _rest_model_ok(model: str) -> bool:
+    """REST API model names: ``author/model`` (``openai/gpt-5``), or Workers AI's ``@cf/author/model``."""
+    parts = model.split("/")
+    if parts[0] == "@cf":
+        return len(parts) == 3 and all(parts)
+    return len(parts) == 2 and all(parts) and not parts[0].startswith("@")
+
+
+def _ai_run_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _ai_run_events(prompt_tokens: int, n_events: int, event_bytes: int) -> Iterator[bytes]:
+    """Workers AI's stream: ``data: {"response": piece}`` per word, a last event with usage, [DONE]."""
+
+    def text_event(piece: str, filler: str) -> bytes:
+        return b"data: " + _dumps({"response": piece + filler}) + b"\n\n"
+
+    fillers: dict[int, bytes] = {}
+    for piece in _reply_pieces(n_events):
+        yield _sized(functools.partial(text_event, piece), event_bytes, fillers)
+    last = {"response": "", "usage": _ai_run_usage(prompt_tokens, n_events)}
+    yield b"data: " + _dumps(last) + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 class _StoredResponse:
@@ -596,6 +932,16 @@ class Recorded(NamedTuple):
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
+
+    @property
+    def authorization(self) -> str | None:
+        """The Authorization header (REST API: ``Bearer <Cloudflare API token>``), or None."""
+        return self.header("Authorization")
+
+    @property
+    def aig_gateway_id(self) -> str | None:
+        """The cf-aig-gateway-id header (which gateway a REST API call goes through), or None."""
+        return self.header("cf-aig-gateway-id")
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -860,6 +1206,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._status = 0
         self._pre_delay = 0.0
         self._provider_headers: list[tuple[str, str]] = []
+        self._error_shape = "openai"  # "openai", "anthropic" or "cloudflare" (REST API's v4 envelope)
         gw = self.server.gateway
         target = self.path  # raw request target, exactly as sent
         if target[:8].lower().startswith(("http://", "https://")):  # absolute-form target
@@ -909,7 +1256,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if close == "mid-body":
-            full = _dumps(self._completion("openai/gpt-4o-mini", {}, None))
+            full = _dumps(self._completion("openai/gpt-4o-mini", {}, Turn(REPLY_TEXT)))
             headers = [("Content-Type", "application/json"), ("Content-Length", str(len(full) + 100))]
             self.wfile.write(self._head(200, headers + self._gateway_headers(True)) + full[: len(full) // 2])
             self._reset()
@@ -923,13 +1270,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
 
+        status_override = _int_header(h.get("x-standin-status"))
+        if status_override is not None and not 400 <= status_override <= 599:
+            status_override = None
+        if path.startswith(REST_PREFIX):
+            self._error_shape = "cloudflare"
+            self._rest(gw, path, body, status_override)
+            return
         if not path.startswith(gw.gateway_prefix):
             self._gateway_error(2001)
             return
         provider, _, sub = path[len(gw.gateway_prefix) :].partition("/")
-        status_override = _int_header(h.get("x-standin-status"))
-        if status_override is not None and not 400 <= status_override <= 599:
-            status_override = None
+        self._error_shape = "anthropic" if provider == "anthropic" else "openai"
         if provider == "compat":
             if status_override is None and sub not in COMPAT_ROUTES:
                 self._gateway_error(2019, f"Compatibility endpoint: {sub} is not supported.")
@@ -940,8 +1292,7 @@ class _Handler(BaseHTTPRequestHandler):
         if gw.require_token is not None and h.get("cf-aig-authorization") != f"Bearer {gw.require_token}":
             self._gateway_error(2009)
             return
-        delay_ms = _int_header(h.get("x-standin-delay-ms"), 0) or 0
-        self._pre_delay = max(delay_ms, 0) / 1000
+        self._set_pre_delay()
         # What the provider adds to every answer (the gateway passes it through).
         if provider == "anthropic":
             self._provider_headers = [("request-id", _base62_id("req_011C", 20))]
@@ -956,10 +1307,33 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._anthropic(sub, body)
 
+    def _set_pre_delay(self) -> None:
+        """x-standin-delay-ms: the pause before a JSON answer and between stream events."""
+        delay_ms = _int_header(self.headers.get("x-standin-delay-ms"), 0) or 0
+        self._pre_delay = max(delay_ms, 0) / 1000
+
+    def _retry_after(self) -> list[tuple[str, str]] | None:
+        """x-standin-retry-after: a Retry-After header on x-standin-status errors."""
+        retry_after = self.headers.get("x-standin-retry-after")
+        return [("Retry-After", retry_after.strip())] if retry_after else None
+
+    def _turn(self, fmt: str, req: dict[str, Any]) -> Turn | None:
+        """The model's turn (see _model_turn), or None after answering a bad x-standin-tool-args
+        with a 400 in the route's error shape."""
+        try:
+            return _model_turn(fmt, req, self.headers)
+        except ValueError as exc:
+            if self._error_shape == "cloudflare":
+                self._cloudflare_error(400, 5006, str(exc))
+            elif self._error_shape == "anthropic":
+                self._anthropic_error(400, "invalid_request_error", str(exc))
+            else:
+                self._provider_error(400, str(exc))
+            return None
+
     def _status_override(self, provider: str, status: int) -> None:
         """x-standin-status: a provider error in the route's provider shape."""
-        retry_after = self.headers.get("x-standin-retry-after")
-        extra = [("Retry-After", retry_after.strip())] if retry_after else None
+        extra = self._retry_after()
         message = f"Stand-in provider error {status}"
         if provider == "anthropic":
             type_ = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
@@ -1081,7 +1455,7 @@ class _Handler(BaseHTTPRequestHandler):
         value = self.headers.get("Authorization")
         if value is None:
             return True
-        key = value[7:].strip() if value[:7].lower() == "bearer " else ""
+        key = _bearer_token(value) or ""
         if key.startswith("sk-"):
             return True
         shown = key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else "*" * len(key)
@@ -1095,11 +1469,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _responses_create(self, model: str, req: dict[str, Any]) -> None:
         gw = self.server.gateway
-        tool = _first_tool_name(req.get("tools"), self.headers.get("x-standin-tool-call") == "1")
+        turn = self._turn("responses", req)
+        if turn is None:
+            return
         stream = req.get("stream") is True
-        n_events, event_bytes = self._stream_shape() if stream else (len(REPLY_WORDS), 0)
-        pieces = list(_reply_pieces(n_events))
-        response = _response_object(model, req, pieces, tool)
+        n_events, event_bytes = self._stream_shape(turn.text) if stream else (len(turn.text.split()), 0)
+        pieces = list(_reply_pieces(n_events, turn.text))
+        response = _response_object(model, req, pieces, turn)
         background = req.get("background") is True and not stream
         if req.get("store") is not False:
             state = "queued" if background else "sync"
@@ -1172,10 +1548,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._hold_non_stream()
             self._send_json(200, {"input_tokens": _anthropic_input_tokens(req)})
             return
-        tool = _first_tool_name(req.get("tools"), self.headers.get("x-standin-tool-call") == "1")
-        answer = _anthropic_message(model, req, tool)
+        self._messages(model, req)
+
+    def _messages(self, model: str, req: dict[str, Any]) -> None:
+        """Answer a checked Messages API request (anthropic route and REST API)."""
+        turn = self._turn("messages", req)
+        if turn is None:
+            return
+        answer = _anthropic_message(model, req, turn)
         if req.get("stream") is True:
-            n_events, event_bytes = self._stream_shape()
+            n_events, event_bytes = self._stream_shape(turn.text)
             self._stream(_anthropic_events(answer, n_events, event_bytes), SSE_UTF8)
             return
         self._hold_non_stream()
@@ -1189,11 +1571,100 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         auth = self.headers.get("Authorization")
         if auth is not None:
-            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            token = _bearer_token(auth) or ""
             if not token.startswith("sk-ant-"):
                 self._anthropic_error(401, "authentication_error", "Invalid bearer token")
                 return False
         return True
+
+    # ---- Cloudflare's REST API (/client/v4/accounts/{account}/ai/...) ---------
+
+    def _cloudflare_error(
+        self, status: int, code: int, message: str, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        """An error in Cloudflare's v4 API envelope."""
+        errors = [{"code": code, "message": message}]
+        body = {"result": None, "success": False, "errors": errors, "messages": []}
+        self._send_json(status, body, extra)
+
+    def _rest(self, gw: StandinGateway, path: str, body: bytes, status_override: int | None) -> None:
+        """POST .../ai/run, .../ai/v1/chat/completions, .../ai/v1/responses, .../ai/v1/messages."""
+        h = self.headers
+        parts = path[len(REST_PREFIX) :].split("/", 3)  # "accounts", account id, "ai", route
+        known = len(parts) == 4 and parts[0] == "accounts" and parts[2] == "ai" and parts[3] in REST_ROUTES
+        if not known or self.command != "POST":
+            self._cloudflare_error(404, 7000, "No route for that URI")
+            return
+        account, route = parts[1], parts[3]
+        if _bearer_token(h.get("Authorization")) != gw.api_token:
+            self._cloudflare_error(401, 10000, "Authentication error")
+            return
+        if account != gw.account_id:
+            message = f"Could not route to {path}, perhaps your object identifier is invalid?"
+            self._cloudflare_error(404, 7003, message)
+            return
+        self._set_pre_delay()
+        if status_override is not None:
+            if status_override in CLOUDFLARE_STATUS_ERRORS:
+                code, message = CLOUDFLARE_STATUS_ERRORS[status_override]
+            elif status_override >= 500:
+                code, message = 2005, "Failed to get response from provider"
+            else:
+                code, message = 5006, f"Stand-in error {status_override}"
+            self._cloudflare_error(status_override, code, message, self._retry_after())
+            return
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            req = None
+        if not isinstance(req, dict):
+            self._cloudflare_error(400, 5006, "Bad input: the body is not a JSON object")
+            return
+        model = req.get("model")
+        if not isinstance(model, str) or not model:
+            self._cloudflare_error(400, 5006, "Bad input: model is required")
+            return
+        if not _rest_model_ok(model):
+            self._cloudflare_error(400, 5007, f"No such model {model} or task")
+            return
+        if model.startswith("@cf/") and not h.get("cf-aig-gateway-id"):
+            message = "Workers AI models need a cf-aig-gateway-id header"
+            self._cloudflare_error(400, 2001, message)
+            return
+        if route == "run":
+            self._ai_run(model, req)
+        elif route == "v1/chat/completions":
+            if not isinstance(req.get("messages"), list):
+                self._cloudflare_error(400, 5006, "Bad input: messages is required")
+                return
+            self._chat(model, req)
+        elif route == "v1/responses":
+            self._responses_create(model, req)
+        else:
+            for field, kind in (("max_tokens", int), ("messages", list)):
+                value = req.get(field)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    self._cloudflare_error(400, 5006, f"Bad input: {field} is required")
+                    return
+            self._messages(model, req)
+
+    def _ai_run(self, model: str, req: dict[str, Any]) -> None:
+        """``{"model", "input": {...}}``: Workers AI's answer shape, streamed when input.stream is true."""
+        inp = req.get("input")
+        if not isinstance(inp, dict):
+            self._cloudflare_error(400, 5006, "Bad input: input must be an object")
+            return
+        prompt = _count_words(inp.get("prompt"))
+        messages = inp.get("messages")
+        if isinstance(messages, list):
+            prompt += sum(_count_words(m.get("content")) for m in messages if isinstance(m, dict))
+        if inp.get("stream") is True:
+            n_events, event_bytes = self._stream_shape()
+            self._stream(_ai_run_events(prompt, n_events, event_bytes))
+            return
+        result = {"response": REPLY_TEXT, "usage": _ai_run_usage(prompt, len(REPLY_WORDS))}
+        self._hold_non_stream()
+        self._send_json(200, {"result": result, "success": True, "errors": [], "messages": []})
 
     # ---- endpoints --------------------------------------------------------
 
@@ -1225,30 +1696,20 @@ class _Handler(BaseHTTPRequestHandler):
             return 0
         return sum(_count_words(m.get("content")) for m in messages if isinstance(m, dict))
 
-    def _tool_name(self, req: dict[str, Any]) -> str | None:
-        tools = req.get("tools")
-        if isinstance(tools, list) and tools:
-            fn = tools[0].get("function") if isinstance(tools[0], dict) else None
-            name = fn.get("name") if isinstance(fn, dict) else None
-            return name if isinstance(name, str) and name else DEFAULT_TOOL_NAME
-        if self.headers.get("x-standin-tool-call") == "1":
-            return DEFAULT_TOOL_NAME
-        return None
-
-    def _completion(self, model: str, req: dict[str, Any], tool: str | None) -> dict[str, Any]:
+    def _completion(self, model: str, req: dict[str, Any], turn: Turn) -> dict[str, Any]:
         prompt = self._prompt_tokens(req)
-        message: dict[str, Any] = {"role": "assistant", "content": REPLY_TEXT, "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": turn.text, "refusal": None}
         finish = "stop"
-        completion = len(REPLY_WORDS)
-        if tool:
+        completion = len(turn.text.split())
+        if turn.tool:
             call = {
                 "id": "call_standin0",
                 "type": "function",
-                "function": {"name": tool, "arguments": TOOL_ARGUMENTS},
+                "function": {"name": turn.tool, "arguments": turn.arguments},
             }
             message.update(content=None, tool_calls=[call])
             finish = "tool_calls"
-            completion = len(TOOL_ARGUMENTS.split())
+            completion = len(turn.arguments.split())
         return {
             "id": f"chatcmpl-{random.getrandbits(96):024x}",
             "object": "chat.completion",
@@ -1267,12 +1728,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(req.get("messages"), list):
             self._gateway_error(2019)  # field reports: compat answers 2019 for malformed bodies
             return
-        tool = self._tool_name(req)
+        turn = self._turn("chat", req)
+        if turn is None:
+            return
         if req.get("stream") is True:
-            self._chat_stream(model, req, tool)
+            self._stream(self._chunk_events(model, req, turn))
         else:
             self._hold_non_stream()
-            self._send_json(200, self._completion(model, req, tool))
+            self._send_json(200, self._completion(model, req, turn))
 
     def _hold_non_stream(self) -> None:
         """x-standin-hold on a non-streamed call: hold before answering (in-flight tests)."""
@@ -1280,7 +1743,7 @@ class _Handler(BaseHTTPRequestHandler):
         if hold:
             self.server.gateway._hold(hold)
 
-    def _chunk_events(self, model: str, req: dict[str, Any], tool: str | None) -> Any:
+    def _chunk_events(self, model: str, req: dict[str, Any], turn: Turn) -> Any:
         """Yield SSE events lazily (big streams never sit in memory)."""
         opts = req.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -1302,23 +1765,23 @@ class _Handler(BaseHTTPRequestHandler):
         def content_event(text: str, filler: str) -> bytes:
             return event({"content": text + filler})
 
-        if tool:
+        if turn.tool:
             first_call = {
                 "index": 0,
                 "id": "call_standin0",
                 "type": "function",
-                "function": {"name": tool, "arguments": ""},
+                "function": {"name": turn.tool, "arguments": ""},
             }
             yield event({"role": "assistant", "content": None, "tool_calls": [first_call], "refusal": None})
-            for piece in TOOL_ARGUMENT_PIECES:
+            for piece in _argument_pieces(turn.arguments):
                 yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
             yield event({}, "tool_calls")
-            completion = len(TOOL_ARGUMENTS.split())
+            completion = len(turn.arguments.split())
         else:
-            n_events, event_bytes = self._stream_shape()
+            n_events, event_bytes = self._stream_shape(turn.text)
             yield event({"role": "assistant", "content": "", "refusal": None})
             fillers: dict[int, bytes] = {}
-            for text in _reply_pieces(n_events):
+            for text in _reply_pieces(n_events, turn.text):
                 yield _sized(functools.partial(content_event, text), event_bytes, fillers)
             yield event({}, "stop")
             completion = n_events
@@ -1333,15 +1796,15 @@ class _Handler(BaseHTTPRequestHandler):
             yield b"data: " + _dumps(base) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
-    def _stream_shape(self) -> tuple[int, int]:
-        """(text events, bytes per text event; 0 = natural size) from x-standin-events/-event-bytes."""
+    def _stream_shape(self, text: str = REPLY_TEXT) -> tuple[int, int]:
+        """(text events, bytes per text event; 0 = natural size) from x-standin-events/-event-bytes.
+
+        Without x-standin-events a stream sends `text`, one word per event.
+        """
         h = self.headers
-        n_events = max(_int_header(h.get("x-standin-events"), len(REPLY_WORDS)) or 0, 0)
+        n_events = max(_int_header(h.get("x-standin-events"), len(text.split())) or 0, 0)
         event_bytes = max(_int_header(h.get("x-standin-event-bytes"), 0) or 0, 0)
         return n_events, event_bytes
-
-    def _chat_stream(self, model: str, req: dict[str, Any], tool: str | None) -> None:
-        self._stream(self._chunk_events(model, req, tool))
 
     def _stream(self, events: Iterable[bytes], content_type: str = "text/event-stream") -> None:
         """Send SSE events as they are generated, honouring the stream test-control headers."""
@@ -1449,6 +1912,7 @@ class StandinGateway:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        api_token: str = STANDIN_API_TOKEN,
         log: TextIO | None = None,
     ) -> None:
         for value in (account_id, gateway_id):
@@ -1457,6 +1921,7 @@ class StandinGateway:
         self.account_id = account_id
         self.gateway_id = gateway_id
         self.require_token = require_token
+        self.api_token = api_token  # REST API: Authorization: Bearer <api_token>
         self.host = host
         self._requested_port = port
         self._log = log
@@ -1515,6 +1980,25 @@ class StandinGateway:
     def anthropic_url(self) -> str:
         """base_url for an Anthropic SDK (or ANTHROPIC_BASE_URL for Claude Code)."""
         return self.base_url + self.anthropic_prefix
+
+    @property
+    def rest_prefix(self) -> str:
+        return f"/client/v4/accounts/{self.account_id}"
+
+    @property
+    def rest_url(self) -> str:
+        """Cloudflare's REST API for the account (``.../ai/run``, ``.../ai/v1/...`` below it)."""
+        return self.base_url + self.rest_prefix
+
+    @property
+    def rest_openai_url(self) -> str:
+        """base_url for an OpenAI SDK using the REST API: ``.../accounts/{id}/ai/v1``."""
+        return self.rest_url + "/ai/v1"
+
+    @property
+    def rest_anthropic_url(self) -> str:
+        """base_url for an Anthropic SDK using the REST API (it appends ``/v1/messages``)."""
+        return self.rest_url + "/ai"
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -1614,6 +2098,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID)
     parser.add_argument("--gateway-id", default=DEFAULT_GATEWAY_ID)
     parser.add_argument("--require-token", default=None, help="require cf-aig-authorization: Bearer TOKEN")
+    parser.add_argument(
+        "--api-token", default=STANDIN_API_TOKEN, help="the REST API's token (Authorization: Bearer TOKEN)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
     args = parser.parse_args(argv)
     gw = StandinGateway(
@@ -1622,6 +2109,7 @@ def main(argv: list[str] | None = None) -> int:
         args.require_token,
         args.host,
         args.port,
+        api_token=args.api_token,
         log=None if args.quiet else sys.stderr,
     )
     stop = threading.Event()

@@ -18,6 +18,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -25,7 +26,13 @@ import openai
 import pytest
 
 from tests import standin_gateway
-from tests.standin_gateway import REPLY_TEXT, THINKING_TEXT, TOOL_ARGUMENTS, StandinGateway
+from tests.standin_gateway import (
+    REPLY_TEXT,
+    STANDIN_API_TOKEN,
+    THINKING_TEXT,
+    TOOL_ARGUMENTS,
+    StandinGateway,
+)
 
 ACCOUNT = "0123456789abcdef0123456789abcdef"
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -309,14 +316,13 @@ def test_tool_call_stream_assembles(gw, client):
     first = chunks[0]["choices"][0]["delta"]["tool_calls"][0]
     assert first["index"] == 0 and first["type"] == "function"
     assert first["id"] and first["function"] == {"name": "lookup_city", "arguments": ""}
-    args = ""
+    pieces = []
     for c in chunks[1:-1]:
         (call,) = c["choices"][0]["delta"]["tool_calls"]
         assert set(call) == {"index", "function"} and call["index"] == 0
-        args += call["function"]["arguments"]
-    assert len(chunks) - 2 >= 3
-    assert json.loads(args) == {"city": "Paris"}
-    assert args == '{"city": "Paris"}'
+        pieces.append(call["function"]["arguments"])
+    assert pieces == list(standin_gateway.TOOL_ARGUMENT_PIECES)
+    assert "".join(pieces) == '{"city": "Paris"}' == TOOL_ARGUMENTS
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -1207,6 +1213,713 @@ def test_openai_sdk_compat_model_name_is_rejected(openai_client):
     with pytest.raises(openai.BadRequestError) as exc:
         openai_client.responses.create(model="openai/gpt-5", input="hi")
     assert exc.value.code == "model_not_found"
+
+
+# ---- Cloudflare's REST API (/client/v4/accounts/{account}/ai/...) ---------------
+
+REST_AUTH = {"Authorization": f"Bearer {STANDIN_API_TOKEN}"}
+REST_CHAT = {"model": "openai/gpt-5", "messages": [{"role": "user", "content": "one two three"}]}
+# Claude Code's Bash tool, in short.
+BASH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "command": {"type": "string", "description": "The command to run"},
+        "timeout": {"type": "number"},
+        "run_in_background": {"type": "boolean"},
+    },
+    "required": ["command"],
+    "additionalProperties": False,
+}
+
+
+def rest(gw: StandinGateway, route: str) -> str:
+    return f"{gw.rest_url}/ai/{route}"
+
+
+def v4_error(r: httpx.Response, status: int, code: int, message: str) -> None:
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "result": None,
+        "success": False,
+        "errors": [{"code": code, "message": message}],
+        "messages": [],
+    }
+
+
+def test_rest_urls(gw):
+    assert gw.rest_prefix == f"/client/v4/accounts/{ACCOUNT}"
+    assert gw.rest_url == f"{gw.base_url}/client/v4/accounts/{ACCOUNT}"
+    assert gw.rest_openai_url == gw.rest_url + "/ai/v1"
+    assert gw.rest_anthropic_url == gw.rest_url + "/ai"
+    assert gw.api_token == STANDIN_API_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("run", {"model": "openai/gpt-5", "input": {"prompt": "one two three"}}),
+        ("v1/chat/completions", REST_CHAT),
+        ("v1/responses", {"model": "openai/gpt-5", "input": "one two three"}),
+        ("v1/messages", {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 64, "messages": SDK_MESSAGES}),
+    ],
+)
+def test_rest_routes_answer_and_record_headers(gw, client, route, body):
+    headers = {**REST_AUTH, "cf-aig-gateway-id": "my-gw"}
+    r = client.post(rest(gw, route) + "?beta=true", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["server"] == "cloudflare" and r.headers["cf-aig-step"] == "0"
+    data = r.json()
+    if route == "run":
+        assert data == {
+            "result": {
+                "response": REPLY_TEXT,
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            },
+            "success": True,
+            "errors": [],
+            "messages": [],
+        }
+    elif route == "v1/chat/completions":
+        assert data["object"] == "chat.completion" and data["model"] == "openai/gpt-5"
+        assert data["choices"][0]["message"]["content"] == REPLY_TEXT
+    elif route == "v1/responses":
+        assert data["object"] == "response" and data["output"][0]["content"][0]["text"] == REPLY_TEXT
+    else:
+        assert data["type"] == "message" and data["content"] == [{"type": "text", "text": REPLY_TEXT}]
+    (rec,) = gw.requests
+    assert (rec.method, rec.path, rec.query) == ("POST", f"{gw.rest_prefix}/ai/{route}", "beta=true")
+    assert rec.authorization == f"Bearer {STANDIN_API_TOKEN}"
+    assert rec.aig_gateway_id == "my-gw"
+
+
+def test_rest_gateway_id_header_is_optional(gw, client):
+    r = client.post(rest(gw, "v1/chat/completions"), json=REST_CHAT, headers=REST_AUTH)
+    assert r.status_code == 200
+    assert gw.requests[-1].aig_gateway_id is None  # third-party models: the account's default gateway
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": STANDIN_API_TOKEN},
+        {"cf-aig-authorization": f"Bearer {STANDIN_API_TOKEN}"},
+        {"x-api-key": STANDIN_API_TOKEN},
+    ],
+    ids=["missing", "wrong", "no-bearer", "gateway-header", "x-api-key"],
+)
+def test_rest_needs_the_api_token(gw, client, headers):
+    r = client.post(rest(gw, "v1/chat/completions"), json=REST_CHAT, headers=headers)
+    v4_error(r, 401, 10000, "Authentication error")
+    assert "cf-aig-cache-status" not in r.headers
+
+
+def test_rest_api_token_is_configurable(client):
+    with StandinGateway(api_token="other-token", require_token="gw-token") as gateway:
+        url = f"{gateway.rest_url}/ai/v1/chat/completions"
+        v4_error(client.post(url, json=REST_CHAT, headers=REST_AUTH), 401, 10000, "Authentication error")
+        r = client.post(url, json=REST_CHAT, headers={"Authorization": "bearer other-token"})
+        assert r.status_code == 200  # the gateway's require_token plays no part on the REST API
+
+
+def test_rest_wrong_account_is_7003(gw, client):
+    path = f"/client/v4/accounts/{'f' * 32}/ai/v1/chat/completions"
+    r = client.post(gw.base_url + path, json=REST_CHAT, headers=REST_AUTH)
+    v4_error(r, 404, 7003, f"Could not route to {path}, perhaps your object identifier is invalid?")
+    # Authentication comes first.
+    v4_error(client.post(gw.base_url + path, json=REST_CHAT), 401, 10000, "Authentication error")
+
+
+@pytest.mark.parametrize(
+    ("method", "sub"),
+    [
+        ("GET", "/ai/v1/models"),
+        ("POST", "/ai/v1/embeddings"),
+        ("POST", "/ai/v1/messages/count_tokens"),
+        ("GET", "/ai/v1/responses/resp_123"),
+        ("DELETE", "/ai/v1/responses/resp_123"),
+        ("GET", "/ai/v1/chat/completions"),
+        ("POST", "/ai/v1"),
+        ("POST", "/ai/run/@cf/meta/llama-3.1-8b-instruct"),
+        ("POST", "/ai/v1/compat/chat/completions"),
+    ],
+)
+@pytest.mark.parametrize("auth", [True, False], ids=["token", "no-token"])
+def test_rest_undocumented_paths_are_7000(gw, client, method, sub, auth):
+    r = client.request(method, gw.rest_url + sub, json={}, headers=REST_AUTH if auth else {})
+    v4_error(r, 404, 7000, "No route for that URI")
+
+
+def test_rest_other_v4_paths_are_7000(gw, client):
+    for path in ("/client/v4/user/tokens/verify", "/client/v4/accounts", "/client/v4/"):
+        v4_error(client.post(gw.base_url + path, headers=REST_AUTH), 404, 7000, "No route for that URI")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "openai/gpt-5",
+        "anthropic/claude-sonnet-4-5",
+        "google/gemini-3-flash",
+        "xai/grok-3",
+        "@cf/meta/llama-3.1-8b-instruct",
+    ],
+)
+def test_rest_model_names_accepted(gw, client, model):
+    headers = {**REST_AUTH, "cf-aig-gateway-id": "test-gw"}
+    r = client.post(rest(gw, "v1/chat/completions"), json={**REST_CHAT, "model": model}, headers=headers)
+    assert r.status_code == 200 and r.json()["model"] == model
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-5",
+        "claude-opus-4-8",
+        "claude-sonnet-4-5",
+        "workers-ai/@cf/meta/llama-3.1-8b-instruct",
+        "/gpt-5",
+        "openai/",
+        "@cf/meta",
+        "@hf/x/y",
+    ],
+)
+@pytest.mark.parametrize("route", ["run", "v1/chat/completions", "v1/responses", "v1/messages"])
+def test_rest_bare_or_malformed_model_is_5007(gw, client, model, route):
+    body = {"model": model, "input": {"prompt": "hi"}, "messages": SDK_MESSAGES, "max_tokens": 8}
+    r = client.post(rest(gw, route), json=body, headers={**REST_AUTH, "cf-aig-gateway-id": "test-gw"})
+    v4_error(r, 400, 5007, f"No such model {model} or task")
+
+
+@pytest.mark.parametrize("route", ["run", "v1/chat/completions"])
+def test_rest_workers_ai_needs_gateway_header(gw, client, route):
+    body = {"model": "@cf/meta/llama-3.1-8b-instruct", "input": {"prompt": "hi"}, "messages": SDK_MESSAGES}
+    r = client.post(rest(gw, route), json=body, headers=REST_AUTH)
+    v4_error(r, 400, 2001, "Workers AI models need a cf-aig-gateway-id header")
+    r = client.post(rest(gw, route), json=body, headers={**REST_AUTH, "cf-aig-gateway-id": "other-gw"})
+    assert r.status_code == 200
+    assert gw.requests[-1].aig_gateway_id == "other-gw"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        ("v1/chat/completions", [1], "Bad input: the body is not a JSON object"),
+        ("v1/chat/completions", {"messages": []}, "Bad input: model is required"),
+        ("v1/chat/completions", {"model": "openai/gpt-5"}, "Bad input: messages is required"),
+        ("run", {"model": "openai/gpt-5", "input": "hi"}, "Bad input: input must be an object"),
+        ("run", {"model": "openai/gpt-5"}, "Bad input: input must be an object"),
+        (
+            "v1/messages",
+            {"model": "anthropic/claude-sonnet-4-5", "messages": SDK_MESSAGES},
+            "Bad input: max_tokens is required",
+        ),
+        (
+            "v1/messages",
+            {"model": "anthropic/claude-sonnet-4-5", "max_tokens": 8},
+            "Bad input: messages is required",
+        ),
+    ],
+)
+def test_rest_bad_input_is_5006(gw, client, route, body, message):
+    v4_error(client.post(rest(gw, route), json=body, headers=REST_AUTH), 400, 5006, message)
+
+
+def test_rest_invalid_json_is_5006(gw, client):
+    headers = {**REST_AUTH, "content-type": "application/json"}
+    r = client.post(rest(gw, "v1/responses"), content=b'{"model": ', headers=headers)
+    v4_error(r, 400, 5006, "Bad input: the body is not a JSON object")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (400, 5006, "Bad input"),
+        (401, 10000, "Authentication error"),
+        (402, 2021, "Insufficient balance"),
+        (403, 10000, "Authentication error"),
+        (404, 7000, "No route for that URI"),
+        (429, 2003, "Rate limited"),
+        (413, 5006, "Stand-in error 413"),
+        (500, 2005, "Failed to get response from provider"),
+        (503, 2005, "Failed to get response from provider"),
+    ],
+)
+def test_rest_status_override_is_a_v4_error(gw, client, status, code, message):
+    headers = {**REST_AUTH, "x-standin-status": str(status), "x-standin-retry-after": "4"}
+    r = client.post(rest(gw, "v1/messages"), json=MESSAGES, headers=headers)  # bare model: status wins
+    v4_error(r, status, code, message)
+    assert r.headers["retry-after"] == "4"
+
+
+def test_rest_status_override_comes_after_auth(gw, client):
+    r = client.post(rest(gw, "run"), json={}, headers={"x-standin-status": "429"})
+    v4_error(r, 401, 10000, "Authentication error")
+
+
+def test_rest_ai_run_stream(gw, client):
+    body = {"model": "openai/gpt-5", "input": {"messages": SDK_MESSAGES, "stream": True}}
+    r = client.post(rest(gw, "run"), json=body, headers=REST_AUTH)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/event-stream"
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    assert [e["response"] for e in events[:5]] == ["Hello", " from", " the", " stand-in", " gateway."]
+    assert all(set(e) == {"response"} for e in events[:5])
+    usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert events[5] == {"response": "", "usage": usage}
+    assert len(events) == 7
+
+
+def test_rest_ai_run_stream_test_headers(gw, client):
+    body = {"model": "@cf/meta/llama-3.1-8b-instruct", "input": {"prompt": "hi", "stream": True}}
+    headers = {
+        **REST_AUTH,
+        "cf-aig-gateway-id": "test-gw",
+        "x-standin-events": "3",
+        "x-standin-event-bytes": "200",
+        "x-standin-encoding": "gzip",
+    }
+    with client.stream("POST", rest(gw, "run"), json=body, headers=headers) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        text = gzip.decompress(b"".join(r.iter_raw())).decode()
+    blocks = [b + "\n\n" for b in text.split("\n\n")[:-1]]
+    assert [len(b.encode()) for b in blocks[:3]] == [200] * 3
+    events = sse_events(text)
+    assert events[3]["usage"]["completion_tokens"] == 3 and events[-1] == "[DONE]"
+
+
+def test_rest_test_control_headers(gw, client):
+    url = rest(gw, "v1/chat/completions")
+    echoed = client.post(url, json=REST_CHAT, headers={"x-standin-echo": "1"}).json()
+    assert echoed["path"] == f"{gw.rest_prefix}/ai/v1/chat/completions"
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.post(url, json=REST_CHAT, headers={**REST_AUTH, "x-standin-close": "before-headers"})
+    received = b""
+    with pytest.raises(httpx.ReadError):
+        body = {**REST_CHAT, "stream": True}
+        with client.stream("POST", url, json=body, headers={**REST_AUTH, "x-standin-reset-after": "2"}) as r:
+            for chunk in r.iter_raw():
+                received += chunk
+    assert len(sse_events(received.decode())) == 2
+    t0 = time.monotonic()
+    r = client.post(url, json=REST_CHAT, headers={**REST_AUTH, "x-standin-delay-ms": "80"})
+    assert r.status_code == 200 and time.monotonic() - t0 >= 0.08 * 0.9
+
+
+def test_rest_held_json_answer(gw, client):
+    result = {}
+    body = {"model": "openai/gpt-5", "input": {"prompt": "hi"}}
+    headers = {**REST_AUTH, "x-standin-hold": "rest-run"}
+    t = threading.Thread(
+        target=lambda: result.update(r=client.post(rest(gw, "run"), json=body, headers=headers))
+    )
+    t.start()
+    assert gw.wait_held("rest-run", 3)
+    assert "r" not in result
+    gw.release("rest-run")
+    t.join(5)
+    assert result["r"].json()["success"] is True
+
+
+def test_rest_with_the_sdks(gw):
+    tools_chat = [{"type": "function", "function": {"name": "Bash", "parameters": BASH_SCHEMA}}]
+    with openai.OpenAI(base_url=gw.rest_openai_url, api_key=STANDIN_API_TOKEN, max_retries=0) as oai:
+        stream = oai.chat.completions.create(
+            model="openai/gpt-5", messages=SDK_MESSAGES, tools=tools_chat, stream=True
+        )
+        pieces = [
+            c.choices[0].delta.tool_calls[0].function.arguments
+            for c in stream
+            if c.choices[0].delta.tool_calls
+        ]
+        assert json.loads("".join(pieces)) == {"command": "echo standin"}
+        tools_responses = [{"type": "function", "name": "Bash", "parameters": BASH_SCHEMA}]
+        created = oai.responses.create(model="openai/gpt-5", input="run it", tools=tools_responses)
+        assert [(i.type, i.name, json.loads(i.arguments)) for i in created.output] == [
+            ("function_call", "Bash", {"command": "echo standin"})
+        ]
+        with pytest.raises(openai.BadRequestError):
+            oai.responses.create(model="gpt-5", input="hi")  # bare name
+    with anthropic.Anthropic(
+        base_url=gw.rest_anthropic_url, auth_token=STANDIN_API_TOKEN, max_retries=0
+    ) as ant:
+        tools_anthropic = [{"name": "Bash", "input_schema": BASH_SCHEMA}]
+        with ant.messages.stream(
+            model="anthropic/claude-sonnet-4-5", max_tokens=64, messages=SDK_MESSAGES, tools=tools_anthropic
+        ) as stream:
+            final = stream.get_final_message()
+        assert [(b.type, b.name, b.input) for b in final.content] == [
+            ("tool_use", "Bash", {"command": "echo standin"})
+        ]
+        with pytest.raises(anthropic.NotFoundError):
+            ant.messages.count_tokens(model="anthropic/claude-sonnet-4-5", messages=SDK_MESSAGES)
+    paths = [rec.path.removeprefix(gw.rest_prefix) for rec in gw.requests]
+    assert paths == [
+        "/ai/v1/chat/completions",
+        "/ai/v1/responses",
+        "/ai/v1/responses",
+        "/ai/v1/messages",
+        "/ai/v1/messages/count_tokens",
+    ]
+    assert {rec.authorization for rec in gw.requests} == {f"Bearer {STANDIN_API_TOKEN}"}
+
+
+# ---- the model in an agent loop: tool calls, then a final answer ---------------
+
+# Shaped like Claude Code's tools: Task first (what the stand-in calls without x-standin-tool).
+AGENT_TOOLS = [
+    (
+        "Task",
+        {
+            "type": "object",
+            "properties": {
+                "description": {"type": "string"},
+                "prompt": {"type": "string"},
+                "subagent_type": {"type": "string", "enum": ["general-purpose", "Explore"]},
+            },
+            "required": ["description", "prompt", "subagent_type"],
+            "additionalProperties": False,
+            "$schema": "http://json-schema.org/draft-07/schema#",
+        },
+    ),
+    ("Bash", BASH_SCHEMA),
+    (
+        "Read",
+        {
+            "type": "object",
+            "properties": {"file_path": {"type": "string"}, "offset": {"type": "integer"}},
+            "required": ["file_path"],
+        },
+    ),
+    (
+        "Everything",
+        {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "count": {"type": "integer"},
+                "ratio": {"type": "number"},
+                "force": {"type": "boolean"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "mode": {"enum": ["fast", "slow"]},
+                "nullable": {"type": ["null", "string"]},
+                "either": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "options": {
+                    "type": "object",
+                    "properties": {"depth": {"type": "integer"}, "label": {"type": "string"}},
+                    "required": ["depth", "label"],
+                },
+                "optional": {"type": "string"},
+            },
+            "required": ["path", "count", "ratio", "force", "tags", "mode", "nullable", "either", "options"],
+        },
+    ),
+    ("NoArgs", {"type": "object", "properties": {}, "additionalProperties": False}),
+]
+EVERYTHING_ARGS = {
+    "path": "README.md",
+    "count": 1,
+    "ratio": 1,
+    "force": True,
+    "tags": [],
+    "mode": "fast",
+    "nullable": "example",
+    "either": 1,
+    "options": {"depth": 1, "label": "example"},
+}
+FORMATS = ["chat", "responses", "messages"]
+
+
+def tools_for(fmt: str, tools: list[tuple[str, dict]]) -> list[dict]:
+    """The (name, schema) tools in a format's request shape."""
+    if fmt == "chat":
+        return [
+            {"type": "function", "function": {"name": n, "description": "d", "parameters": s}}
+            for n, s in tools
+        ]
+    if fmt == "responses":
+        return [{"type": "function", "name": n, "description": "d", "parameters": s} for n, s in tools]
+    return [{"name": n, "description": "d", "input_schema": s} for n, s in tools]
+
+
+def conversation(fmt: str, tool_output: str | None = None) -> dict:
+    """A user prompt; with `tool_output`, then the model's Bash call and that tool result."""
+    prompt = {"role": "user", "content": "run it"}
+    if tool_output is None:
+        return {"input": [prompt]} if fmt == "responses" else {"messages": [prompt]}
+    args = {"command": "echo standin"}
+    if fmt == "chat":
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "Bash", "arguments": json.dumps(args)},
+        }
+        return {
+            "messages": [
+                prompt,
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": tool_output},
+            ]
+        }
+    if fmt == "responses":
+        return {
+            "input": [
+                prompt,
+                {"type": "function_call", "call_id": "call_1", "name": "Bash", "arguments": json.dumps(args)},
+                {"type": "function_call_output", "call_id": "call_1", "output": tool_output},
+            ]
+        }
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "text", "text": tool_output}],
+    }
+    return {
+        "messages": [
+            prompt,
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": args}],
+            },
+            {
+                "role": "user",
+                "content": [result, {"type": "text", "text": "<system-reminder>x</system-reminder>"}],
+            },
+        ]
+    }
+
+
+def ask(
+    client: httpx.Client,
+    gw: StandinGateway,
+    fmt: str,
+    body: dict,
+    headers: dict | None = None,
+    rest_api: bool = False,
+    stream: bool = False,
+) -> httpx.Response:
+    """POST a format's request on its gateway route (compat, openai, anthropic) or REST route."""
+    if fmt == "chat":
+        url = rest(gw, "v1/chat/completions") if rest_api else compat(gw, "chat/completions")
+        model = "openai/gpt-5"
+    elif fmt == "responses":
+        url = rest(gw, "v1/responses") if rest_api else responses_url(gw)
+        model = "openai/gpt-5" if rest_api else "gpt-5"
+    else:
+        url = rest(gw, "v1/messages") if rest_api else messages_url(gw)
+        model = "anthropic/claude-sonnet-4-5" if rest_api else "claude-sonnet-4-5"
+    base = REST_AUTH if rest_api else ANTHROPIC_HEADERS
+    full = {"model": model, "max_tokens": 64, **body, "stream": stream}
+    return client.post(url, json=full, headers={**base, **(headers or {})})
+
+
+def answer_of(fmt: str, r: httpx.Response) -> tuple[str | None, Any]:
+    """(tool name, arguments as parsed JSON) of a call, or (None, text) of a text answer.
+
+    Streams are reassembled from their deltas, checking that the streamed arguments (pieces of
+    JSON text) join to exactly what the final event or object carries.
+    """
+    assert r.status_code == 200, r.text
+    streamed = r.headers["content-type"].startswith("text/event-stream")
+    if fmt == "chat" and not streamed:
+        message = r.json()["choices"][0]["message"]
+        if message.get("tool_calls"):
+            (call,) = message["tool_calls"]
+            return call["function"]["name"], json.loads(call["function"]["arguments"])
+        return None, message["content"]
+    if fmt == "chat":
+        chunks = [e for e in sse_events(r.text) if e != "[DONE]" and e["choices"]]
+        deltas = [c["choices"][0]["delta"] for c in chunks]
+        if "tool_calls" in deltas[0]:
+            name = deltas[0]["tool_calls"][0]["function"]["name"]
+            pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas if "tool_calls" in d]
+            assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+            return name, json.loads("".join(pieces))
+        return None, "".join(d.get("content") or "" for d in deltas)
+    if fmt == "responses":
+        if streamed:
+            events = named_events(r.text)
+            response = events[-1][1]["response"]
+            pieces = [d["delta"] for name, d in events if name == "response.function_call_arguments.delta"]
+            texts = [d["delta"] for name, d in events if name == "response.output_text.delta"]
+        else:
+            response = r.json()
+            pieces = texts = None
+        (item,) = [i for i in response["output"] if i["type"] != "reasoning"]
+        if item["type"] == "function_call":
+            assert pieces is None or "".join(pieces) == item["arguments"]
+            return item["name"], json.loads(item["arguments"])
+        text = item["content"][0]["text"]
+        assert texts is None or "".join(texts) == text
+        return None, text
+    if not streamed:
+        (block,) = [b for b in r.json()["content"] if b["type"] != "thinking"]
+        if block["type"] == "tool_use":
+            return block["name"], block["input"]
+        return None, block["text"]
+    events = named_events(r.text)
+    (start,) = [d["content_block"] for name, d in events if name == "content_block_start"]
+    deltas = [d["delta"] for name, d in events if name == "content_block_delta"]
+    if start["type"] == "tool_use":
+        assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+        return start["name"], json.loads("".join(d["partial_json"] for d in deltas))
+    return None, "".join(d["text"] for d in deltas)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("rest_api", [False, True], ids=["gateway", "rest"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_agent_loop_calls_then_answers(gw, client, fmt, rest_api, stream):
+    tools = {"tools": tools_for(fmt, AGENT_TOOLS)}
+    first = ask(client, gw, fmt, {**conversation(fmt), **tools}, rest_api=rest_api, stream=stream)
+    task_args = {"description": "example", "prompt": "example", "subagent_type": "general-purpose"}
+    assert answer_of(fmt, first) == ("Task", task_args)  # the first tool, its schema filled in
+
+    header = {"x-standin-tool": "Bash"}
+    chosen = ask(client, gw, fmt, {**conversation(fmt), **tools}, header, rest_api, stream)
+    assert answer_of(fmt, chosen) == ("Bash", {"command": "echo standin"})
+
+    after = {**conversation(fmt, tool_output="standin\n"), **tools}
+    final = ask(client, gw, fmt, after, header, rest_api, stream)
+    assert answer_of(fmt, final) == (None, "Done: the tool returned 8 characters.")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_text_after_tool_result_whatever_the_headers(gw, client, fmt):
+    body = {**conversation(fmt, tool_output="x" * 1234), "tools": tools_for(fmt, AGENT_TOOLS)}
+    headers = {"x-standin-tool-call": "1", "x-standin-tool": "Read", "x-standin-tool-args": '{"a": 1}'}
+    final = ask(client, gw, fmt, body, headers, stream=True)
+    assert answer_of(fmt, final) == (None, standin_gateway.TOOL_RESULT_REPLY.format(1234))
+    assert answer_of(fmt, ask(client, gw, fmt, body)) == (None, "Done: the tool returned 1234 characters.")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_one_tool_round_per_conversation(gw, client, fmt):
+    """After the final answer a new user message (e.g. Claude Code's background-task notice) gets text."""
+    body = conversation(fmt, tool_output="standin")
+    key = "input" if fmt == "responses" else "messages"
+    body[key] += [
+        {"role": "assistant", "content": "Done: the tool returned 7 characters."},
+        {"role": "user", "content": "A background task finished."},
+    ]
+    r = ask(client, gw, fmt, {**body, "tools": tools_for(fmt, AGENT_TOOLS)}, {"x-standin-tool": "Bash"})
+    assert answer_of(fmt, r) == (None, REPLY_TEXT)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_call_arguments_from_the_schema(gw, client, fmt, stream):
+    body = {**conversation(fmt), "tools": tools_for(fmt, AGENT_TOOLS)}
+    expected = {
+        "Read": {"file_path": "README.md"},
+        "Everything": EVERYTHING_ARGS,
+        "NoArgs": {},  # requires nothing and allows nothing else
+    }
+    for name, args in expected.items():
+        r = ask(client, gw, fmt, body, {"x-standin-tool": name}, stream=stream)
+        assert answer_of(fmt, r) == (name, args)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_schema_requiring_nothing_gets_the_classic_arguments(gw, client, fmt):
+    for schema in ({}, {"type": "object"}, {"type": "object", "properties": {"city": {"type": "string"}}}):
+        body = {**conversation(fmt), "tools": tools_for(fmt, [("lookup_city", schema)])}
+        assert answer_of(fmt, ask(client, gw, fmt, body)) == ("lookup_city", json.loads(TOOL_ARGUMENTS))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tool_args_header_overrides_the_arguments(gw, client, fmt, stream):
+    body = {**conversation(fmt), "tools": tools_for(fmt, AGENT_TOOLS)}
+    args = {"command": "ls -la", "timeout": 5, "note": "caf\u00e9"}
+    headers = {"x-standin-tool": "Bash", "x-standin-tool-args": json.dumps(args)}
+    assert answer_of(fmt, ask(client, gw, fmt, body, headers, stream=stream)) == ("Bash", args)
+
+
+@pytest.mark.parametrize("rest_api", [False, True], ids=["gateway", "rest"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_tool_args_header_is_a_400(gw, client, fmt, rest_api):
+    body = {**conversation(fmt), "tools": tools_for(fmt, AGENT_TOOLS)}
+    r = ask(client, gw, fmt, body, {"x-standin-tool-args": "[1]"}, rest_api)
+    message = "x-standin-tool-args is not a JSON object: [1]"
+    if rest_api:
+        v4_error(r, 400, 5006, message)
+    elif fmt == "messages":
+        anthropic_error(r, 400, "invalid_request_error", message)
+    else:
+        openai_error(r, 400, message)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unknown_tool_header_answers_text(gw, client, fmt):
+    body = {**conversation(fmt), "tools": tools_for(fmt, AGENT_TOOLS)}
+    r = ask(client, gw, fmt, body, {"x-standin-tool": "NoSuchTool", "x-standin-tool-call": "1"})
+    assert answer_of(fmt, r) == (None, REPLY_TEXT)
+    r = ask(client, gw, fmt, conversation(fmt), {"x-standin-tool": "Bash"})  # no tools at all
+    assert answer_of(fmt, r) == (None, REPLY_TEXT)
+
+
+def test_only_function_tools_are_called(gw, client):
+    shell = {
+        "type": "object",
+        "properties": {
+            "command": {"type": "array", "items": {"type": "string"}},
+            "workdir": {"type": "string"},
+        },
+        "required": ["command"],
+    }
+    codex_tools = [
+        {"type": "local_shell"},
+        {"type": "web_search"},
+        {"type": "custom", "name": "apply_patch", "format": {"type": "grammar"}},
+        {"type": "namespace", "name": "multi_agent_v1"},
+        {"type": "function", "name": "shell", "parameters": shell},
+    ]
+    r = ask(client, gw, "responses", {**conversation("responses"), "tools": codex_tools}, stream=True)
+    assert answer_of("responses", r) == ("shell", {"command": ["echo", "standin"]})
+    r = ask(client, gw, "responses", {**conversation("responses"), "tools": codex_tools[:4]})
+    assert answer_of("responses", r) == (None, REPLY_TEXT)
+
+    server_tools = [
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+        {"type": "bash_20250124", "name": "bash"},
+    ]
+    body = {**conversation("messages"), "tools": server_tools}
+    assert answer_of("messages", ask(client, gw, "messages", body)) == (None, REPLY_TEXT)
+    body["tools"] = [*server_tools, *tools_for("messages", [("Bash", BASH_SCHEMA)])]
+    assert answer_of("messages", ask(client, gw, "messages", body)) == ("Bash", {"command": "echo standin"})
+
+    chat_tools = [
+        {"type": "custom", "custom": {"name": "grammar_tool"}},
+        *tools_for("chat", [("Bash", BASH_SCHEMA)]),
+    ]
+    body = {**conversation("chat"), "tools": chat_tools}
+    assert answer_of("chat", ask(client, gw, "chat", body)) == ("Bash", {"command": "echo standin"})
+
+
+def test_tool_call_header_without_callable_tools_calls_get_weather(gw, client):
+    body = {**conversation("responses"), "tools": [{"type": "web_search"}]}
+    r = ask(
+        client, gw, "responses", body, {"x-standin-tool-call": "1", "x-standin-tool-args": '{"city": "Oslo"}'}
+    )
+    assert answer_of("responses", r) == ("get_weather", {"city": "Oslo"})
+
+
+def test_final_answer_stream_honours_event_headers(gw, client):
+    body = {**conversation("chat", tool_output="abc"), "tools": tools_for("chat", AGENT_TOOLS)}
+    r = ask(client, gw, "chat", body, {"x-standin-events": "2"}, stream=True)
+    assert answer_of("chat", r) == (None, "Done: the")
+
+
+def test_tool_call_arguments_stream_in_pieces(gw, client):
+    body = {**conversation("messages"), "tools": tools_for("messages", AGENT_TOOLS)}
+    r = ask(client, gw, "messages", body, {"x-standin-tool": "Everything"}, stream=True)
+    pieces = [d["delta"]["partial_json"] for name, d in named_events(r.text) if name == "content_block_delta"]
+    assert pieces[0] == "" and all(len(p) == 5 for p in pieces[1:-1]) and len(pieces) > 10
+    assert json.loads("".join(pieces)) == EVERYTHING_ARGS
 
 
 # ---- transport ---------------------------------------------------------------

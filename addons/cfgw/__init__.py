@@ -1,1 +1,1 @@
-"""cf-gateway: the modules behind addons/cf_gateway.py, one concern each."""
+"""The modules behind addons/cf_gateway.py."""

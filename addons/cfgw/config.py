@@ -1,472 +1,321 @@
-"""Options of the addon, each declared once: a ``Settings`` field with its variable, default,
-parser and help; the mitmproxy options (``cf_<field>``) are derived from those fields.
+"""Every option declared once, and the settings parsed from them.
 
-Every option is a plain ``str`` parsed here, because mitmproxy silently unloads a
-script whose typed option fails to parse. Parsers are pure functions that raise
-``ValueError``; ``parse_settings`` names the option and its environment variable.
-Secrets (the gateway token, the access keys) never sit in an option in clear when
-they come from the environment or a file: the option shows where they come from.
+An option's default comes from its environment variable, then ``.env`` in the working
+directory. Secret options never hold the secret itself: the option shows where it came
+from (``(from CF_AIG_TOKEN)``, ``@/path/to/file``), so mitmweb's Options page, its API and
+saved option files show no secret.
 """
 
 from __future__ import annotations
 
-import hashlib
+import difflib
+import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from functools import cached_property
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-DEFAULT_BASE_URL = "https://gateway.ai.cloudflare.com"
 
-ACCOUNT_ID_RE = re.compile(r"[0-9a-f]{32}")
-GATEWAY_ID_RE = re.compile(r"[a-z0-9_]+(?:-[a-z0-9_]+)*")
-SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Where rewritten requests go: scheme, host and port of the gateway."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def origin(self) -> str:
-        return f"{self.scheme}://{self.hostport}"
-
-    @property
-    def hostport(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class AccessKeys:
-    """Keys clients must present; ``source`` says where they came from, never what they are."""
-
-    keys: tuple[str, ...] = field(repr=False)
-    source: str
-
-
-def parse_account_id(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("is required (your Cloudflare account id)")
-    if not ACCOUNT_ID_RE.fullmatch(value):
-        raise ValueError(f"must be 32 lowercase hexadecimal characters, got {value!r}")
-    return value
-
-
-def parse_gateway_id(value: str) -> str:
-    value = value.strip() or "default"
-    if len(value) > 64 or not GATEWAY_ID_RE.fullmatch(value):
-        raise ValueError(
-            f"must be 1-64 characters of a-z, 0-9, '_' and single '-' between them, got {value!r}"
-        )
-    return value
-
-
-def parse_base_url(value: str) -> Upstream:
-    value = value.strip() or DEFAULT_BASE_URL
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"is not a valid URL ({e}): {value!r}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must start with http:// or https://, got {value!r}")
-    if not parts.hostname:
-        raise ValueError(f"has no host: {value!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"must be scheme://host[:port] without path, query or fragment, got {value!r}")
-    return Upstream(
-        scheme=parts.scheme,
-        host=parts.hostname,
-        port=port or (443 if parts.scheme == "https" else 80),
-    )
-
-
-def parse_switch(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("on", "true", "yes", "1"):
-        return True
-    if v in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(f"must be 'on' or 'off', got {value!r}")
-
-
-def parse_size(value: str) -> int:
-    """Parse '8m', '512k', '1g', '1048576' or '0' into bytes (binary units)."""
-    m = SIZE_RE.fullmatch(value.strip())
-    if not m:
-        raise ValueError(f"must be a size such as 8m, 512k or 0, got {value!r}")
-    return int(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
-
-
-def parse_token(value: str) -> str | None:
-    """The AI Gateway token (or '@/path' to a file holding it), with or without a 'Bearer '
-    prefix; never echoed in errors."""
-    v = value.strip()
-    if v.startswith("@"):
-        v = read_file(v, "token").strip()
-    if v.lower().startswith("bearer "):
-        v = v[7:].strip()
-    if not v:
-        return None
-    if any(c.isspace() or not c.isprintable() for c in v) or not v.isascii():
-        raise ValueError("must be a single printable ASCII word (value not shown)")
-    return v
-
-
-def parse_proxy_keys(value: str) -> AccessKeys | None:
-    """A comma-separated list of keys, or '@path' to a file with one key per line."""
-    v = value.strip()
-    if not v:
-        return None
-    if v.startswith("@"):
-        path = Path(v[1:]).expanduser()
-        text = read_file(v, "key")
-        keys = [
-            line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
-        ]
-        if not keys:
-            raise ValueError(f"key file {str(path)!r} holds no keys")
-        source = f"file {path}"
-    else:
-        keys = [k.strip() for k in v.split(",") if k.strip()]
-        if not keys:
-            raise ValueError("holds no keys")
-        source = "list"
-    for k in keys:
-        if any(c.isspace() or not c.isprintable() for c in k) or not k.isascii():
-            raise ValueError("keys must be printable ASCII without spaces (value not shown)")
-    return AccessKeys(keys=tuple(dict.fromkeys(keys)), source=source)
-
-
-def parse_choice(*choices: str) -> Callable[[str], str]:
-    """A parser accepting one of ``choices`` (case-insensitive)."""
-
-    def parse(value: str) -> str:
-        v = value.strip().lower()
-        if v not in choices:
-            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-        return v
-
-    return parse
-
-
-def parse_log_file(value: str) -> str | None:
-    """'' (no file), '-' (standard output) or a path whose directory exists."""
-    v = value.strip()
-    if not v:
-        return None
-    if v == "-":
-        return v
-    path = Path(v).expanduser()
-    if not path.parent.is_dir():
-        raise ValueError(f"directory {str(path.parent)!r} does not exist")
-    return str(path)
-
-
-# -- secrets: never shown in mitmweb's options, never echoed -----------------------------------
-
-FROM_ENV = "(from {env})"
-"""What a secret option holds when its value comes from the environment or .env, or (as
-'(from --set cf_token)') when it was given literally and the addon took it out of the option."""
-
-
-def secret_source(env: str) -> str:
-    return FROM_ENV.format(env=env)
-
-
-def literal_source(option: str) -> str:
-    """The key under which a literally given secret is kept, out of mitmproxy's options."""
-    return f"--set {option}"
-
-
-def read_secret(value: str, env: str, environ: Mapping[str, str | None], option: str = "") -> str:
-    """Resolve a secret option's placeholder ('(from VAR)', '(from --set option)'); anything else
-    (an '@/path/to/file' the parser reads, or a literal) is returned as it is."""
-    v = value.strip()
-    for source in (env, literal_source(option)):
-        if v == secret_source(source):
-            found = environ.get(source)
-            if found is None:  # never read as "no secret": no keys would mean no access control
-                raise ValueError(f"names {source}, which holds nothing here: give the value again")
-            return found.strip()
-    return v
-
-
-def hide_literal_secrets(values: dict[str, str], store: dict[str, str | None]) -> dict[str, str]:
-    """Take secrets given literally (``--set cf_token=...``, or typed into mitmweb's Options) out
-    of ``values`` into ``store``; returns {option: placeholder} to put in the options instead, so
-    mitmweb's Options page and API never show them."""
-    hidden = {}
-    for o in OPTIONS:
-        v = values[o.name].strip()
-        if o.spec.secret and v and not v.startswith("@") and not v.startswith("(from "):
-            key = literal_source(o.name)
-            store[key] = v
-            values[o.name] = hidden[o.name] = secret_source(key)
-    return hidden
-
-
-def read_file(value: str, what: str) -> str:
-    """The text of the file an '@/path' value names (a BOM, as Windows editors add, dropped)."""
-    path = Path(value[1:]).expanduser()
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read {what} file {str(path)!r}: {e.__class__.__name__}") from None
-
-
-# -- the options, each declared once -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one option is read: its environment variable, default, parser and help."""
-
+class Option(NamedTuple):
+    name: str
     env: str
     default: str
-    parse: Callable[[str], Any]
     help: str
     secret: bool = False
 
 
-def option(env: str, default: str, parse: Callable[[str], Any], help: str, secret: bool = False) -> Any:
-    """A Settings field that is also a mitmproxy option ``cf_<field>``; secrets stay out of repr."""
-    return field(metadata={"spec": Spec(env, default, parse, help, secret)}, repr=not secret)
+OPTIONS = (
+    Option("cf_account_id", "ACCOUNT_ID", "", "Cloudflare account id (32 lowercase hex characters)."),
+    Option("cf_gateway_id", "GATEWAY_ID", "default", "AI Gateway id; 'default' is created by Cloudflare."),
+    Option("cf_api", "CF_API", "gateway", "Upstream API: 'gateway' (gateway.ai.cloudflare.com) or 'rest'."),
+    Option("cf_token", "CF_AIG_TOKEN", "", "AI Gateway token for cf_api=gateway (secret).", True),
+    Option("cf_api_token", "CLOUDFLARE_API_TOKEN", "", "Cloudflare API token, cf_api=rest (secret).", True),
+    Option("cf_proxy_keys", "PROXY_KEYS", "", "Access keys for clients: k1,k2 or @file (secret).", True),
+    Option(
+        "cf_provider_keys", "CF_PROVIDER_KEYS", "auto",
+        "Clients' Authorization/x-api-key: 'forward', 'drop', or 'auto' (drop when a token is injected).",
+    ),
+    Option("cf_open_proxy", "CF_OPEN_PROXY", "off", "'on': inject the token on any listener without keys."),
+    Option("cf_base_url", "CF_BASE_URL", "", "Upstream origin, http(s)://host[:port]; empty: Cloudflare's."),
+    Option("cf_log_format", "CF_LOG_FORMAT", "text", "Request lines: 'text' or 'json'."),
+    Option("cf_log_file", "CF_LOG_FILE", "", "Also append request lines to this file ('-': stdout)."),
+    Option("cf_record_limit", "CF_RECORD_LIMIT", "8m", "How much of each event stream the flow keeps."),
+    Option("cf_allowed_hosts", "CF_ALLOWED_HOSTS", "", "Host names browsers may use without access keys."),
+    Option("cf_allowed_origins", "CF_ALLOWED_ORIGINS", "", "Origins allowed cross-site without access keys."),
+    Option("cf_max_connections", "CF_MAX_CONNECTIONS", "auto", "Open client connections at most."),
+    Option("cf_record", "CF_RECORD", "", "Save every forwarded exchange, masked, to this flow file."),
+    Option("cf_replay", "CF_REPLAY", "", "Answer every request from this flow file; nothing goes upstream."),
+    Option("cf_replay_ignore", "CF_REPLAY_IGNORE", "user,metadata,stream_options,previous_response_id",
+           "Body fields left out when replay matches requests."),
+    Option("cf_replay_report", "CF_REPLAY_REPORT", "", "Write the replay summary (JSON) here at shutdown."),
+)  # fmt: skip
+BY_NAME = {o.name: o for o in OPTIONS}
+ENV_NAMES = {o.env for o in OPTIONS} | {"HOST_PORT", "HOST_ADDR"}
+
+GATEWAY_ORIGIN = "https://gateway.ai.cloudflare.com"
+REST_ORIGIN = "https://api.cloudflare.com"
+ACCOUNT_RE = re.compile(r"[0-9a-f]{32}")
+GATEWAY_RE = re.compile(r"[a-z0-9_]+(?:-[a-z0-9_]+)*")
+SIZE_RE = re.compile(r"(\d+)([kmg]?)")
+FROM_RE = re.compile(r"\(from ([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+class AccessKeys(NamedTuple):
+    keys: tuple[str, ...]
+    source: str
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every option, parsed. Each field is declared once here: name, variable, default, parser, help.
-
-    Rebuilt by ``configure`` as a whole (a bad value leaves the old Settings in force);
-    hooks only read it.
-    """
-
-    account_id: str = option(
-        "ACCOUNT_ID",
-        "",
-        parse_account_id,
-        "Cloudflare account id: 32 lowercase hex characters. Required.",
-    )
-    gateway_id: str = option(
-        "GATEWAY_ID",
-        "default",
-        parse_gateway_id,
-        "AI Gateway id: 1-64 characters of a-z, 0-9, '_' joined by single '-'. "
-        "Default 'default': the authenticated gateway Cloudflare creates on first use.",
-    )
-    token: str | None = option(
-        "CF_AIG_TOKEN",
-        "",
-        parse_token,
-        "Cloudflare AI Gateway token, sent as 'cf-aig-authorization: Bearer <token>'. "
-        "Give it as CF_AIG_TOKEN (environment or .env) or '@/path/to/file': mitmweb shows only the source.",
-        secret=True,
-    )
-    proxy_keys: AccessKeys | None = option(
-        "PROXY_KEYS",
-        "",
-        parse_proxy_keys,
-        "Access keys clients must send ('Authorization: Bearer <key>' or 'x-api-key: <key>'): a "
-        "comma-separated list, or @path to a file with one key per line ('#' comments ignored). "
-        "The key's header is removed before forwarding. Empty: no access control.",
-        secret=True,
-    )
-    open_proxy: bool = option(
-        "CF_OPEN_PROXY",
-        "off",
-        parse_switch,
-        "'on' lets a proxy that injects the gateway token listen on a non-loopback address without "
-        "access keys (anyone who reaches it spends on your account). Default 'off': refuse to start.",
-    )
-    routes: str = option(
-        "CF_ROUTES",
-        "auto",
-        parse_choice("auto", "compat"),
-        "'auto': /v1/messages to the gateway's anthropic endpoint, /v1/responses to its openai "
-        "endpoint, everything else to compat. 'compat': every request to compat.",
-    )
-    provider_keys: str = option(
-        "CF_PROVIDER_KEYS",
-        "auto",
-        parse_choice("auto", "forward", "drop"),
-        "Clients' own provider keys (Authorization, x-api-key): 'forward' them to the provider, or "
-        "'drop' them (the gateway's stored keys or Unified Billing pay; any Authorization reaching the "
-        "gateway bypasses those). 'auto': drop when the proxy injects a gateway token, else forward. "
-        "With access keys those headers carry the proxy key and are always dropped.",
-    )
-    client_gateway_headers: str = option(
-        "CF_CLIENT_GATEWAY_HEADERS",
-        "auto",
-        parse_choice("auto", "allow", "strip"),
-        "Whether clients' own cf-aig-* headers reach the gateway: 'allow', 'strip', or 'auto' "
-        "(strip with access keys, allow in pass-through). The proxy's token always wins in key mode.",
-    )
-    gateway_errors: str = option(
-        "CF_GATEWAY_ERRORS",
-        "reshape",
-        parse_choice("reshape", "raw"),
-        "'reshape': the gateway's own errors are given the client API's error shape (status, headers, "
-        "code and message kept), so SDKs show their message. 'raw': passed on as the gateway sent them.",
-    )
-    base_url: Upstream = option(
-        "CF_BASE_URL",
-        DEFAULT_BASE_URL,
-        parse_base_url,
-        f"Gateway origin as scheme://host[:port], no path, query or credentials. Default {DEFAULT_BASE_URL}.",
-    )
-    log_requests: bool = option(
-        "CF_LOG_REQUESTS",
-        "on",
-        parse_switch,
-        "'on' or 'off': one summary line per request in the event log. Errors are always logged.",
-    )
-    log_format: str = option(
-        "CF_LOG_FORMAT", "text", parse_choice("text", "json"), "'text' or 'json': the summary line's format."
-    )
-    log_file: str | None = option(
-        "CF_LOG_FILE",
-        "",
-        parse_log_file,
-        "Append every summary line (and nothing else) to this file, flushed per line, reopened when "
-        "rotated or on SIGHUP; '-' for standard output (mitmproxy's own output then goes to standard "
-        "error; add --set termlog_verbosity=warn to keep its first 'Loading script' line off standard "
-        "output too). Empty: the event log only.",
-    )
-    record_limit: int = option(
-        "CF_RECORD_LIMIT",
-        "8m",
-        parse_size,
-        "Size such as 8m, 512k or 0: how much of each streamed (SSE) response is kept on the flow "
-        "for mitmweb and flow files. The client always gets every byte; 0 keeps nothing.",
-    )
-    redact: bool = option(
-        "CF_REDACT",
-        "on",
-        parse_switch,
-        "'on' or 'off': once a request is sent, mask secret header values (authorization, "
-        "proxy-authorization, cf-aig-authorization, x-api-key, api-key) on the flow mitmproxy keeps.",
-    )
-    metrics: bool = option(
-        "CF_METRICS",
-        "on",
-        parse_switch,
-        "'on' or 'off': answer GET /metrics with Prometheus metrics (behind the access keys when set).",
-    )
+    account_id: str
+    gateway_id: str
+    api: str
+    token: str  # the credential the proxy injects: AI Gateway token or Cloudflare API token
+    proxy_keys: AccessKeys | None
+    provider_keys: str
+    open_proxy: bool
+    origin: str
+    log_format: str
+    log_file: str
+    record_limit: int
+    allowed_hosts: frozenset[str]
+    allowed_origins: frozenset[str]
+    max_connections: int
+    record: str
+    replay: str
+    replay_ignore: frozenset[str]
+    replay_report: str
 
     @property
-    def gateway_prefix(self) -> str:
-        """The upstream path every route starts with."""
+    def prefix(self) -> str:
+        """The upstream path every route lives under."""
+        if self.api == "rest":
+            return f"/client/v4/accounts/{self.account_id}"
         return f"/v1/{self.account_id}/{self.gateway_id}"
-
-    @cached_property
-    def key_digests(self) -> tuple[bytes, ...]:
-        return (
-            tuple(hashlib.sha256(k.encode()).digest() for k in self.proxy_keys.keys)
-            if self.proxy_keys
-            else ()
-        )
 
     @property
     def drop_client_keys(self) -> bool:
-        """Whether clients' Authorization / x-api-key headers are removed before forwarding."""
-        if self.proxy_keys is not None or self.provider_keys == "drop":
+        """Whether clients' Authorization/x-api-key are removed before forwarding."""
+        if self.proxy_keys or self.api == "rest" or self.provider_keys == "drop":
             return True
-        return self.provider_keys == "auto" and self.token is not None
+        return self.provider_keys == "auto" and bool(self.token)
 
-    @property
-    def strip_client_gateway_headers(self) -> bool:
-        if self.client_gateway_headers == "auto":
-            return self.proxy_keys is not None
-        return self.client_gateway_headers == "strip"
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, *(self.proxy_keys.keys if self.proxy_keys else ())) if s]
 
     def describe(self) -> str:
-        """The active mode for the startup line, never a secret."""
-        modes = []
-        if self.proxy_keys:
-            n = len(self.proxy_keys.keys)
-            modes.append(f"access keys: {n} key{'s' if n != 1 else ''} ({self.proxy_keys.source})")
-        if self.token:
-            modes.append("gateway token injected")
-        else:
-            modes.append(
-                "no gateway token (requests carry none unless clients send cf-aig-authorization; "
-                "authenticated gateways, which all new ones are, answer 401/2009: set CF_AIG_TOKEN)"
-            )
-        if not self.proxy_keys:
-            modes.append(
-                "no access keys; clients' Authorization/x-api-key removed (stored keys or Unified Billing "
-                "pay; cf_provider_keys=forward sends your own provider keys)"
-                if self.drop_client_keys
-                else "pass-through (clients' own provider keys forwarded)"
-            )
-        return "; ".join(modes)
-
-
-@dataclass(frozen=True)
-class Option:
-    """A Settings field seen as a mitmproxy option."""
-
-    name: str
-    field: str
-    spec: Spec
-
-
-OPTIONS: tuple[Option, ...] = tuple(
-    Option(f"cf_{f.name}", f.name, f.metadata["spec"]) for f in fields(Settings)
-)
-BY_OPTION = {o.name: o for o in OPTIONS}
+        """The startup line: where requests go and how, never a secret."""
+        api, header = (
+            ("REST API", "Authorization") if self.api == "rest" else ("AI Gateway", "cf-aig-authorization")
+        )
+        parts = [
+            f"cf-gateway: {api}: requests go to {self.origin}{self.prefix}/... (gateway {self.gateway_id})",
+            f"token injected as {header}" if self.token else "no token injected",
+            f"access keys: {len(self.proxy_keys.keys)} ({self.proxy_keys.source})"
+            if self.proxy_keys
+            else "no access keys",
+            f"clients' Authorization/x-api-key {'removed' if self.drop_client_keys else 'forwarded'}",
+        ]
+        parts += [f"replaying {self.replay}, nothing goes upstream"] * bool(self.replay)
+        parts += [f"recording to {self.record}"] * bool(self.record)
+        return "; ".join(parts)
 
 
 def option_error(o: Option, problem: str) -> str:
-    """One line naming both the option and the environment variable."""
-    return f"cf-gateway: {o.name} (env {o.spec.env}) {problem}"
+    return f"cf-gateway: {o.name} (env {o.env}) {problem}"
 
 
-def option_defaults(environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> dict[str, str]:
-    """Option defaults: the environment wins over .env, which wins over the built-in default.
-
-    Secrets found there become the placeholder '(from VAR)', so mitmweb never shows them.
-    """
+def defaults(environ: Mapping[str, str | None]) -> dict[str, str]:
+    """Option defaults from the environment (and .env): secrets only as their source."""
     out = {}
     for o in OPTIONS:
-        value = environ.get(o.spec.env)
-        if value is None:
-            value = dotenv.get(o.spec.env)
-        if value is None or not value.strip():  # 'CF_ROUTES=' in .env means the default
-            out[o.name] = o.spec.default
-        elif o.spec.secret and value.strip() and not value.strip().startswith("@"):
-            out[o.name] = secret_source(o.spec.env)
+        value = environ.get(o.env)
+        if not value:
+            out[o.name] = o.default
         else:
-            out[o.name] = value
+            out[o.name] = f"(from {o.env})" if o.secret and not value.startswith("@") else value
     return out
 
 
-def parse_settings(values: Mapping[str, str], secrets: Mapping[str, str | None]) -> Settings:
-    """Parse every option; ValueError names the first bad option and its variable.
+def unknown_options(names: list[str]) -> list[str]:
+    """One message for each cf_* option name given that no option declares."""
+    out = []
+    for name in names:
+        if name.startswith("cf_") and name not in BY_NAME:
+            close = difflib.get_close_matches(name, BY_NAME, n=1)
+            hint = f": did you mean {close[0]}?" if close else ""
+            out.append(f"cf-gateway: unknown option {name}{hint}")
+    return out
 
-    ``secrets`` is where '(from VAR)' placeholders are looked up (the environment, then .env).
-    """
-    parsed = {}
-    for o in OPTIONS:
+
+def given_problems(deferred: dict) -> list[str]:
+    """Unknown cf_* options, and ours given more than once (mitmproxy would drop the script)."""
+    problems = unknown_options(list(deferred))
+    for name, o in BY_NAME.items():
+        given = getattr(deferred.get(name), "val", None)
+        if given is not None and len(given) != 1:
+            problems.append(option_error(o, "is given more than once with --set; give it once"))
+    return problems
+
+
+def unused_variables(environ: Mapping[str, str | None]) -> list[str]:
+    """CF_* variables no option reads (a typo, or a setting that no longer exists)."""
+    return sorted(k for k in environ if k.startswith("CF_") and k not in ENV_NAMES)
+
+
+def read_secret(value: str, environ: Mapping[str, str | None]) -> str:
+    """A secret option's value: '' (none), '@file', '(from NAME)', or the literal."""
+    if value.startswith("@"):
+        return read_file(value[1:])
+    m = FROM_RE.fullmatch(value)
+    if m:
+        found = environ.get(m.group(1))
+        if not found:
+            raise ValueError(f"says {value}, but {m.group(1)} is not set")
+        return read_secret(found, {}) if found.startswith("@") else found
+    return value
+
+
+def read_file(path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+def parse_token(value: str) -> str:
+    token = value.strip().removeprefix("Bearer ").strip()
+    if token and not valid_key(token + "x" * 8):
+        raise ValueError("must be one token without spaces or control characters")
+    return token
+
+
+def parse_keys(value: str, source: str) -> AccessKeys | None:
+    if not value:
+        return None
+    lines = value.splitlines() if source.startswith("file") else value.split(",")
+    keys = tuple(k.strip() for k in lines if k.strip() and not k.strip().startswith("#"))
+    if not keys:
+        raise ValueError("holds no key")
+    if not all(map(valid_key, keys)):
+        raise ValueError("keys must be at least 8 printable characters without spaces")
+    return AccessKeys(keys, source)
+
+
+def valid_key(key: str) -> bool:
+    return len(key) >= 8 and key.isprintable() and not any(c.isspace() for c in key)
+
+
+def parse_origin(value: str, api: str) -> str:
+    if not value:
+        return REST_ORIGIN if api == "rest" else GATEWAY_ORIGIN
+    origin = value.rstrip("/")
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or f"{parts.scheme}://{parts.netloc}" != origin or "@" in origin:
+        raise ValueError(f"must be http(s)://host[:port], with no path, query or credentials, got {value!r}")
+    parts.port  # noqa: B018 - raises ValueError for a bad port
+    return origin
+
+
+def parse_size(value: str) -> int:
+    m = SIZE_RE.fullmatch(value.strip().lower())
+    if not m:
+        raise ValueError(f"must be a size such as 512k, 8m or 1g, got {value!r}")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2)]
+
+
+def parse_choice(value: str, *choices: str) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def parse_list(value: str) -> frozenset[str]:
+    return frozenset(v.strip().lower() for v in value.split(",") if v.strip())
+
+
+def parse_max_connections(value: str) -> int:
+    """'auto': most of the file-descriptor limit, leaving room for upstream connections and files."""
+    if value == "auto":
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return max(16, (soft - 64) // 2)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"must be 'auto' or a positive number, got {value!r}")
+    return int(value)
+
+
+def parse_settings(values: Mapping[str, str], environ: Mapping[str, str | None]) -> Settings:
+    """Settings from option values; ValueError names the option and its variable."""
+    parsed: dict[str, object] = {}
+
+    def field(name: str, parse):
+        o = BY_NAME[name]
         try:
-            raw = values[o.name]
-            if o.spec.secret:
-                raw = read_secret(raw, o.spec.env, secrets, o.name)
-            parsed[o.field] = o.spec.parse(raw)
+            return parse(values[name])
         except ValueError as e:
             raise ValueError(option_error(o, str(e))) from None
-    return Settings(**parsed)
+
+    def secret(name: str) -> str:
+        return field(name, lambda v: parse_token(read_secret(v, environ)))
+
+    api = field("cf_api", lambda v: parse_choice(v, "gateway", "rest"))
+    parsed["account_id"] = field("cf_account_id", _account_id)
+    parsed["gateway_id"] = field("cf_gateway_id", _gateway_id)
+    parsed["token"] = secret("cf_api_token") if api == "rest" else secret("cf_token")
+    if api == "rest" and not parsed["token"]:
+        raise ValueError(option_error(BY_NAME["cf_api_token"], "must be set with cf_api=rest"))
+    keys = values["cf_proxy_keys"]
+    source = f"file {keys[1:]}" if keys.startswith("@") else "list"
+    parsed["proxy_keys"] = field("cf_proxy_keys", lambda v: parse_keys(read_secret(v, environ), source))
+    return Settings(
+        api=api,
+        provider_keys=field("cf_provider_keys", lambda v: parse_choice(v, "auto", "forward", "drop")),
+        open_proxy=field("cf_open_proxy", lambda v: parse_choice(v, "on", "off")) == "on",
+        origin=field("cf_base_url", lambda v: parse_origin(v, api)),
+        log_format=field("cf_log_format", lambda v: parse_choice(v, "text", "json")),
+        log_file=values["cf_log_file"],
+        record_limit=field("cf_record_limit", parse_size),
+        allowed_hosts=field("cf_allowed_hosts", parse_list),
+        allowed_origins=field("cf_allowed_origins", parse_list),
+        max_connections=field("cf_max_connections", parse_max_connections),
+        record=values["cf_record"],
+        replay=field("cf_replay", _readable),
+        replay_ignore=field("cf_replay_ignore", parse_list),
+        replay_report=values["cf_replay_report"],
+        **parsed,  # type: ignore[arg-type]
+    )
+
+
+def _account_id(value: str) -> str:
+    if not ACCOUNT_RE.fullmatch(value):
+        raise ValueError(f"must be 32 lowercase hexadecimal characters, got {value!r}")
+    return value
+
+
+def _gateway_id(value: str) -> str:
+    if not (len(value) <= 64 and GATEWAY_RE.fullmatch(value)):
+        raise ValueError(f"must be 1-64 of a-z 0-9 _ with single '-' between, got {value!r}")
+    return value
+
+
+def _readable(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"names no readable file: {value!r}")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback

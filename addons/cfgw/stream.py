@@ -1,0 +1,79 @@
+"""Relays an event stream live and keeps what mitmweb, flow files and the log line need.
+
+mitmproxy calls the recorder with each chunk as it arrives (and with b"" at the end);
+it hands the chunk straight on, keeps a copy of the first ``limit`` bytes, and reads
+the token usage from the events as they complete, so usage is exact past the limit too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from mitmproxy import http
+
+from cfgw import families
+
+MAX_EVENT = 1 << 20  # an event longer than this is relayed but not read for usage
+BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # the end of an event
+
+
+class Recorder:
+    def __init__(self, flow: http.HTTPFlow, limit: int) -> None:
+        self.flow = flow
+        self.limit = limit
+        self.kept = bytearray()
+        self.delivered = 0
+        self.pending = bytearray()
+        self.usage: dict[str, int] = {}
+        self.model: str | None = None
+        self.done = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk:
+            self.delivered += len(chunk)
+            self.kept += chunk[: max(0, self.limit - len(self.kept))]
+            self.read(chunk)
+        else:
+            self.read(b"\n\n")
+            self.done = True
+            assert self.flow.response
+            self.flow.response.raw_content = bytes(self.kept)
+        return chunk
+
+    def summary(self) -> dict:
+        """What the flow's record takes from the stream; a stream cut short counts as truncated."""
+        truncated = self.delivered > len(self.kept) or not self.done
+        return {
+            "usage": self.usage,
+            "answer_model": self.model,
+            "bytes": self.delivered,
+            "truncated": truncated,
+        }
+
+    def read(self, chunk: bytes) -> None:
+        """Split complete events off the pending bytes and read those that may carry usage.
+
+        Only the new bytes (and the 3 before them, where a blank line may have begun) are
+        searched, so a chunk costs its own length however long the pending event is.
+        """
+        start = max(0, len(self.pending) - 3)
+        self.pending += chunk
+        end = 0
+        for m in BLANK_LINE.finditer(self.pending, start):
+            event = bytes(self.pending[end : m.start()])
+            end = m.end()
+            if b'"usage"' in event or (self.model is None and b'"model"' in event):
+                self.read_event(event)
+        del self.pending[:end]
+        if len(self.pending) > MAX_EVENT:
+            del self.pending[:-3]
+
+    def read_event(self, event: bytes) -> None:
+        data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        self.usage.update(families.usage_of(obj))
+        self.model = families.model_of(obj) or self.model
