@@ -148,7 +148,8 @@ case "$cmd" in
     venv test
     .venv/bin/uv lock --upgrade --python .venv/bin/python
     venv test
-    command -v npm >/dev/null && (cd tests/agents && rm -rf node_modules package-lock.json && npm install --no-audit --no-fund)
+    command -v npm >/dev/null && npm install --prefix tests/agents --save-exact --no-audit --no-fund \
+      @anthropic-ai/claude-code@latest @openai/codex@latest
     echo "run.sh: locks refreshed; run ./run.sh test before committing them" >&2
     ;;
 esac

@@ -60,14 +60,8 @@ LITELLM_VENV = HERE / ".litellm-venv"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DIRECT, BARE, BARE_STREAM = "direct (the upstream)", "bare mitmdump -q", "bare mitmdump -q, streaming"
 NGINX, LITELLM = "nginx", "LiteLLM"
-IO_ERRORS = (
-    OSError,
-    EOFError,
-    ValueError,
-    IndexError,
-    asyncio.IncompleteReadError,
-    asyncio.LimitOverrunError,
-)
+# What a broken connection or answer raises while reading (asyncio.IncompleteReadError is an EOFError).
+IO_ERRORS = (OSError, EOFError, ValueError, IndexError, asyncio.LimitOverrunError)
 
 
 @dataclass
@@ -105,12 +99,10 @@ class Target:
     log: Path | None = None
 
     def request(self, body: bytes, **headers: str) -> bytes:
-        lines = [
-            f"POST {self.path} HTTP/1.1",
-            f"Host: 127.0.0.1:{self.port}",
-            "Content-Type: application/json",
+        lines = [f"POST {self.path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
+        lines += [
+            f"{k}: {v}" for k, v in {"Content-Type": "application/json", **self.headers, **headers}.items()
         ]
-        lines += [f"{k}: {v}" for k, v in {**self.headers, **headers}.items()]
         return ("\r\n".join([*lines, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode() + body
 
     def log_tail(self) -> str:
@@ -205,14 +197,9 @@ class Procs:
     def mitmdump(self, label: str, args: list[str], reverse_to: str, path: str) -> Target:
         """mitmdump in reverse mode with lazy upstream connections, as ./run.sh runs it; its own confdir."""
         port = free_port()
-        cmd = [
-            MITMDUMP,
-            "--mode",
-            f"reverse:{reverse_to}@127.0.0.1:{port}",
-            "--set",
-            "connection_strategy=lazy",
-        ]
-        proc, log = self.spawn(label, [*cmd, "--set", f"confdir={self.dir('conf')}", *args])
+        cmd = [MITMDUMP, "--mode", f"reverse:{reverse_to}@127.0.0.1:{port}"]
+        cmd += ["--set", "connection_strategy=lazy", "--set", f"confdir={self.dir('conf')}"]
+        proc, log = self.spawn(label, [*cmd, *args])
         return Target(label, port, path, [proc], log=log)
 
     def bare(self, up: Target, streaming: bool) -> Target:
@@ -281,17 +268,8 @@ http {{
         env = clean_env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False", LITELLM_LOG="ERROR")
         for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "LITELLM_MASTER_KEY"):
             env.pop(name, None)
-        cmd = [
-            str(cli),
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-        ]
+        cmd = [str(cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--num_workers", "1"]
         proc, log = self.spawn("litellm", cmd, env)
         return Target(LITELLM, port, SDK_PATH, [proc], {"Authorization": f"Bearer {key}"}, log)
 
@@ -425,6 +403,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, float
     return status, body, time.perf_counter()
 
 
+def pace(events: int, delay_ms: float) -> dict[str, str]:
+    """The headers that tell the upstream how many events to stream, how far apart."""
+    return {"x-bench-events": str(events), "x-bench-delay-ms": str(delay_ms)}
+
+
 def complete(body: bytes, events: int | None) -> bool:
     """Whether a streamed answer has all its ``data:`` lines: ``events`` content events + stop, usage
     and [DONE]. None: a peer that re-encodes the stream (LiteLLM), which only has to end properly."""
@@ -485,9 +468,9 @@ async def first_event(t: Target, probes: int) -> dict:
     """Milliseconds from sending a streaming request to its first event, one request at a time on one
     keep-alive connection (as an SDK sends them); the first request, which connects, is not counted."""
     request, times, failed = t.request(STREAM_BODY), [], 0
-    events = None if t.label == LITELLM else FIRST_EVENTS
-    reader, writer = await asyncio.open_connection("127.0.0.1", t.port)
+    events, writer = None if t.label == LITELLM else FIRST_EVENTS, None
     try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", t.port)
         for i in range(probes + 1):
             t0 = time.perf_counter()
             writer.write(request)
@@ -499,7 +482,8 @@ async def first_event(t: Target, probes: int) -> dict:
     except (*IO_ERRORS, TimeoutError):
         failed += 1
     finally:
-        writer.close()
+        if writer:
+            writer.close()
     return {"first_ms": statistics.median(times) if times else None, "failed": failed}
 
 
@@ -507,7 +491,7 @@ async def streams(t: Target, n: int, events: int, delay_ms: float) -> dict:
     """n token streams, started over half a stream's length (so that all n are open together for
     the other half), each read to its end: the target's CPU per event, events lost, how long the
     streams took, and its RSS before and at the peak."""
-    request = t.request(STREAM_BODY, **{"x-bench-events": str(events), "x-bench-delay-ms": str(delay_ms)})
+    request = t.request(STREAM_BODY, **pace(events, delay_ms))
     seconds = events * delay_ms / 1000
     durations: list[float] = []
     state = {"open": 0, "most": 0, "got": 0, "failed": 0}
@@ -561,9 +545,7 @@ def measure_small(t: Target, plan: Plan) -> dict:
 
 def measure_agent(t: Target, plan: Plan) -> dict:
     body = agentbody.chat_request(plan.agent_body)
-    request = t.request(
-        body, **{"x-bench-events": str(plan.agent_events), "x-bench-delay-ms": str(plan.agent_delay_ms)}
-    )
+    request = t.request(body, **pace(plan.agent_events, plan.agent_delay_ms))
     asyncio.run(load(t, plan.agent_clients, 0.5, request, plan.agent_events))  # warm-up
     return asyncio.run(load(t, plan.agent_clients, plan.agent_seconds, request, plan.agent_events))
 
@@ -639,12 +621,12 @@ def run_part(targets: list[Target], plan: Plan, part: str, gateways: list[str]) 
 
 
 def spread(values: list, digits: int) -> str:
-    """The median and, over several rounds, the range: '742 (731–760)'."""
-    values = [v for v in values if v is not None]
-    f = lambda v: f"{v:,.{digits}f}"  # noqa: E731
-    if not values:
+    """The median and, when the rounds differ, their range: '742 (731–760)'."""
+    text = [f"{v:,.{digits}f}" for v in sorted(v for v in values if v is not None)]
+    if not text:
         return "—"
-    return f(statistics.median(values)) + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+    median = f"{statistics.median(v for v in values if v is not None):,.{digits}f}"
+    return median if text[0] == text[-1] else f"{median} ({text[0]}–{text[-1]})"
 
 
 def ratios(runs: list[dict], ref: list[dict], key: str) -> list[float]:
@@ -688,7 +670,7 @@ def summary(parts: dict[str, dict], gateways: list[str], plan: Plan) -> str:
         ref = BARE if key in ("rps", "cpu_us") else BARE_STREAM
         if ref not in res or any(g not in res for g in gateways):
             continue
-        row = [what.format(p=plan), f"{spread([r[key] for r in res[ref]], digits)} ({ref})"]
+        row = [what.format(p=plan), f"{ref}: {spread([r[key] for r in res[ref]], digits)}"]
         row += [spread([r[key] for r in res[g]], digits) for g in gateways]
         pairs = [(g, ref) for g in gateways] + ([tuple(gateways)] if len(gateways) == 2 else [])
         row += ["" if key == "lost" else spread(ratios(res[a], res[b], key), 2) for a, b in pairs]

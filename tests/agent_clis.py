@@ -125,6 +125,10 @@ def missing_clis() -> str | None:
     for name in ("claude", "codex") if NODE_MODULES.is_dir() else ():
         if not (NODE_MODULES / ".bin" / name).exists():
             problems.append(f"{NODE_MODULES / '.bin' / name} is missing")
+    for package in (CLAUDE_PACKAGE, CODEX_PACKAGE) if NODE_MODULES.is_dir() else ():
+        scope, name = package.split("/")
+        if not any((NODE_MODULES / scope).glob(f"{name}-*/package.json")):
+            problems.append(f"no platform package ({package}-<os>-<cpu>) with the native binary is installed")
     if not problems:
         return None
     return "the agent CLI tests need Claude Code and Codex: " + "; ".join(problems) + ". " + INSTALL_HINT

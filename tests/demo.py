@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
             f"  Anthropic SDK, Claude Code: Anthropic(base_url='http://127.0.0.1:{port}', api_key='sk-ant-x')"
         )
         if web:
-            print("  mitmweb UI: open the 'Web server listening at http://127.0.0.1:8081/?token=...' URL above")
+            print("  mitmweb UI: open the 'Web server listening at ...?token=...' URL above")
         print(flush=True)
         return proxy.wait()
     except KeyboardInterrupt:

@@ -56,7 +56,9 @@ def reverse_flow(
 
 
 def json_response(body: dict, status: int = 200, **headers: str) -> http.Response:
-    return http.Response.make(status, json.dumps(body).encode(), {"content-type": "application/json", **headers})
+    return http.Response.make(
+        status, json.dumps(body).encode(), {"content-type": "application/json", **headers}
+    )
 
 
 def sse_response() -> http.Response:
@@ -120,7 +122,8 @@ def send(addon: CfGateway, f: http.HTTPFlow, upstream: http.Response | None = No
     """A flow through the hooks in mitmproxy's order; ``upstream`` (default: an empty JSON
     object) answers a flow the addon forwarded."""
     addon.requestheaders(f)
-    if f.error:
+    if f.error:  # killed
+        addon.error(f)
         return f
     addon.request(f)
     local = f.response is not None

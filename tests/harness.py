@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "cf_gateway.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")

@@ -45,7 +45,9 @@ def test_websocket_upgrade_gets_426(path, upgrade):
 
 @pytest.mark.parametrize("s", [KEYS, TOKEN])
 def test_healthz_needs_no_key_and_passes_the_browser_guard(s):
-    f = reverse_flow("/healthz", method="GET", headers={"origin": "https://evil.example"}, host="evil.example")
+    f = reverse_flow(
+        "/healthz", method="GET", headers={"origin": "https://evil.example"}, host="evil.example"
+    )
     response = answer(f, s)
     assert (response.status_code, response.content) == (200, b"ok\n")
 
@@ -73,6 +75,7 @@ def test_preflight_for_another_origin_gets_none():
         ({"origin": "https://evil.example"}, "127.0.0.1:3000", "cf_allowed_origins"),
         ({"origin": "null"}, "127.0.0.1:3000", "cf_allowed_origins"),
         ({"sec-fetch-site": "cross-site"}, "localhost:3000", "cf_allowed_origins"),
+        ({}, "[evil.example", "cf_allowed_hosts"),
     ],
 )
 def test_browser_guard_refuses_pages_spending_the_token(headers, host, says):
@@ -91,17 +94,23 @@ def test_browser_guard_refuses_pages_spending_the_token(headers, host, says):
     ],
 )
 def test_browser_guard_lets_own_hosts_and_allowed_origins_through(headers, host):
-    s = settings(cf_token="aig-token", cf_allowed_hosts="proxy.internal", cf_allowed_origins="https://app.example")
+    s = settings(
+        cf_token="aig-token", cf_allowed_hosts="proxy.internal", cf_allowed_origins="https://app.example"
+    )
     assert answer(reverse_flow(headers=headers, host=host), s) is None
 
 
 @pytest.mark.parametrize("s", [settings(), KEYS], ids=["no-token", "access-keys"])
 def test_browser_guard_only_guards_a_token_without_access_keys(s):
-    f = reverse_flow(headers={"origin": "https://evil.example", "authorization": f"Bearer {KEY}"}, host="evil.example")
+    f = reverse_flow(
+        headers={"origin": "https://evil.example", "authorization": f"Bearer {KEY}"}, host="evil.example"
+    )
     assert answer(f, s) is None
 
 
-@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong-key-1"}, {"x-api-key": "wrong-key-1"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": "Bearer wrong-key-1"}, {"x-api-key": "wrong-key-1"}]
+)
 def test_missing_or_wrong_key_with_a_small_body_gets_401(headers):
     response = answer(reverse_flow(body={"model": "m"}, headers=headers), KEYS)
     assert response.status_code == 401
@@ -207,7 +216,11 @@ def test_no_warnings_for_a_usual_setup():
 @pytest.mark.parametrize(
     ("s", "values", "says"),
     [
-        (settings({"T": "api-tok"}, cf_api="rest", cf_api_token="(from T)"), {"cf_token": "x"}, "CF_AIG_TOKEN is unused"),
+        (
+            settings({"T": "api-tok"}, cf_api="rest", cf_api_token="(from T)"),
+            {"cf_token": "x"},
+            "CF_AIG_TOKEN is unused",
+        ),
         (TOKEN, {"stream_large_bodies": "1m"}, "stream_large_bodies"),
         (TOKEN, {"connection_strategy": "eager"}, "connection_strategy=lazy"),
         (KEYS, {"mode": ["reverse:http://127.0.0.1:0@0.0.0.0:3000"]}, "travel in clear"),

@@ -123,7 +123,9 @@ def test_access_keys_remove_the_key_and_every_client_cf_aig_header():
 
 def test_rest_sends_only_the_api_token_and_the_gateway_id():
     headers = client_headers(cf_aig_authorization="Bearer clients-own")
-    auth.set_credentials(headers, settings(API_TOKEN, cf_api="rest", cf_api_token="(from CLOUDFLARE_API_TOKEN)"))
+    auth.set_credentials(
+        headers, settings(API_TOKEN, cf_api="rest", cf_api_token="(from CLOUDFLARE_API_TOKEN)")
+    )
     assert headers.get_all("authorization") == ["Bearer cf-api-token-1"]
     assert "x-api-key" not in headers and "cf-aig-authorization" not in headers
     assert headers["cf-aig-gateway-id"] == "test-gw"

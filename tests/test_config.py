@@ -91,12 +91,14 @@ def test_rest_needs_the_api_token():
 def test_rest_uses_the_api_token_not_the_gateway_token():
     s = settings({"CLOUDFLARE_API_TOKEN": "api-tok"}, cf_api="rest", cf_token="aig-tok",
                  cf_api_token="(from CLOUDFLARE_API_TOKEN)")  # fmt: skip
-    assert (s.token, s.origin, s.prefix) == ("api-tok", config.REST_ORIGIN, f"/client/v4/accounts/{flows.ACCOUNT}")
+    assert (s.token, s.origin, s.prefix) == (
+        "api-tok",
+        config.REST_ORIGIN,
+        f"/client/v4/accounts/{flows.ACCOUNT}",
+    )
 
 
-@pytest.mark.parametrize(
-    ("value", "size"), [("7", 7), ("512k", 512 << 10), ("8M", 8 << 20), ("1g", 1 << 30)]
-)
+@pytest.mark.parametrize(("value", "size"), [("7", 7), ("512k", 512 << 10), ("8M", 8 << 20), ("1g", 1 << 30)])
 def test_sizes(value, size):
     assert config.parse_size(value) == size
 
@@ -113,7 +115,9 @@ def test_base_url_loses_a_trailing_slash():
     assert config.parse_origin("http://127.0.0.1:8787/", "gateway") == "http://127.0.0.1:8787"
 
 
-@pytest.mark.parametrize("host", ["localhost", "a.localhost", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "a.localhost", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1"]
+)
 def test_loopback(host):
     assert config.is_loopback(host)
 
@@ -186,6 +190,14 @@ def test_literal_secret_moves_out_of_the_option(caplog):
         assert gw.settings.token == "tok-typed-in"
         assert "cf_token was given literally" in caplog.text
         assert "tok-typed-in" not in caplog.text
+
+
+def test_each_literal_secret_is_warned_about_once(caplog):
+    with flows.loaded(cf_token="tok-typed-in", cf_proxy_keys="key-typed-in") as (tctx, gw):
+        shown = (tctx.options.cf_token, tctx.options.cf_proxy_keys)
+        assert shown == ("(from CF_AIG_TOKEN)", "(from PROXY_KEYS)")
+        assert gw.settings.proxy_keys.keys == ("key-typed-in",)
+        assert caplog.text.count("was given literally") == 2
 
 
 def test_bad_change_at_runtime_is_refused_and_the_settings_stay():

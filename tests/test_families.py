@@ -23,7 +23,8 @@ def v4_error(code: int = 10000, message: str = "Authentication error") -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"), [(400, "invalid_request_error"), (401, "authentication_error"), (503, "overloaded_error")]
+    ("status", "kind"),
+    [(400, "invalid_request_error"), (401, "authentication_error"), (503, "overloaded_error")],
 )
 def test_messages_error_shape(status, kind):
     body = json.loads(families.error_body("messages", status, "some_code", "it failed"))
@@ -107,7 +108,8 @@ USAGE = [
                    "output_tokens_details": {"reasoning_tokens": 2}}},
         {"input": 10, "output": 5, "total": 15, "cached": 3, "reasoning": 2},
     ),
-    ({"result": {"response": "hi", "usage": {"prompt_tokens": 7, "completion_tokens": 1}}}, {"input": 7, "output": 1}),
+    ({"result": {"response": "hi", "usage": {"prompt_tokens": 7, "completion_tokens": 1}}},
+     {"input": 7, "output": 1}),
     ({"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}},
      {"input": 9, "output": 1}),
     ({"type": "message_delta", "usage": {"output_tokens": 12}}, {"output": 12}),
@@ -167,9 +169,7 @@ def test_fix_model(api, family, sent, wanted):
     assert f.request.headers["content-length"] == str(len(f.request.raw_content))
 
 
-@pytest.mark.parametrize(
-    "headers", [{"content-encoding": "gzip"}, {}], ids=["compressed", "not-json"]
-)
+@pytest.mark.parametrize("headers", [{"content-encoding": "gzip"}, {}], ids=["compressed", "not-json"])
 def test_fix_model_leaves_other_bodies_alone(headers):
     raw = b'{"model": "claude-x"}' if headers else b"model=claude-x"
     f = reverse_flow(body=raw, headers=headers)

@@ -160,6 +160,14 @@ def test_render_response():
     assert responses.render_response(RESPONSE) == RESPONSE_TEXT
 
 
+def test_reasoning_without_a_summary():
+    items = [
+        {"type": "reasoning", "summary": []},
+        {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "raw"}]},
+    ]
+    assert responses.render_response({"output": items}) == "\n<reasoning>\n\n<reasoning>\nraw\n</reasoning>\n"
+
+
 def test_render_response_incomplete_and_failed():
     obj = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}, "output": []}
     assert responses.render_response(obj) == "status: incomplete\nincomplete: max_output_tokens\n"
@@ -174,7 +182,7 @@ def test_render_stream_shows_the_completed_response():
 
 def test_render_stream_cut_short_is_assembled_from_deltas():
     assert render(stream_events()[:8]) == (
-        "model: gpt-5-mini-2025-08-07\nid: resp_1\n"
+        "model: gpt-5-mini-2025-08-07\nid: resp_1\nstatus: in_progress\n"
         "stream: 8 events (stream incomplete: no response.completed)\n\n"
         "<reasoning>\nThe tool said 18 and cloudy.\n</reasoning>\n\n[assistant]\nIt is 18 °C and cloudy.\n"
     )

@@ -16,7 +16,8 @@ RECORD = {
     "method": "POST", "path": "/v1/messages", "family": "messages", "api": "gateway",
     "upstream": "https://gateway.ai.cloudflare.com/v1/a/g/anthropic/v1/messages", "status": 200,
     "outcome": "ok", "model": "claude-x", "stream": True, "duration_ms": 812, "bytes": 100,
-    "input_tokens": 25, "output_tokens": 42, "cached_tokens": 7, "total_tokens": 74, "answer_model": "claude-x",
+    "input_tokens": 25, "output_tokens": 42, "cached_tokens": 7, "total_tokens": 74,
+    "answer_model": "claude-x",
 }  # fmt: skip
 
 
@@ -33,9 +34,9 @@ def filtered(msg: str, *args, secrets: tuple[str, ...] = ()) -> str:
 
 
 def test_filter_masks_configured_secrets():
-    assert filtered("sent %s to %s", "tok-secret-1", "x key-secret-2", secrets=("tok-secret-1", "key-secret-2")) == (
-        "sent ******** to x ********"
-    )
+    assert filtered(
+        "sent %s to %s", "tok-secret-1", "x key-secret-2", secrets=("tok-secret-1", "key-secret-2")
+    ) == ("sent ******** to x ********")
 
 
 @pytest.mark.parametrize(
@@ -60,8 +61,8 @@ def test_filter_escapes_control_characters_but_keeps_mitmproxys_line_breaks():
 
 def test_text_line():
     assert logs.request_line(RECORD, "text") == (
-        "POST /v1/messages messages -> https://gateway.ai.cloudflare.com/v1/a/g/anthropic/v1/messages 200 812ms "
-        "model=claude-x stream tokens=25 input/42 output cached=7"
+        "POST /v1/messages messages -> https://gateway.ai.cloudflare.com/v1/a/g/anthropic/v1/messages "
+        "200 812ms model=claude-x stream tokens=25 input/42 output cached=7"
     )
 
 

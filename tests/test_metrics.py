@@ -37,7 +37,10 @@ def test_junk_models_cannot_take_more_than_max_models_labels():
     for i in range(metrics.MAX_MODELS * 3):
         m.observe(record(answer_model=f"junk-{i}"))
     assert len(m.models) == metrics.MAX_MODELS
-    assert value(m, "cf_gateway_requests_total", family="chat", model="other", status="200") == 2 * metrics.MAX_MODELS
+    assert (
+        value(m, "cf_gateway_requests_total", family="chat", model="other", status="200")
+        == 2 * metrics.MAX_MODELS
+    )
     assert f'model="junk-{metrics.MAX_MODELS}"'.encode() not in m.text()
 
 

@@ -27,7 +27,11 @@ def recorded(body: dict, answer: dict, route=CHAT, **meta) -> flow.Flow:
 
 def request(body: bytes | dict, route=CHAT, method: str = "POST") -> tuple:
     family, target, upstream = route
-    return reverse_flow(target, body=body, method=method), {"family": family, "target": target, "upstream": upstream}
+    return reverse_flow(target, body=body, method=method), {
+        "family": family,
+        "target": target,
+        "upstream": upstream,
+    }
 
 
 def answer(replayer: Replayer, body: bytes | dict, route=CHAT) -> tuple:
@@ -46,7 +50,7 @@ def test_recording_writes_masked_flows_that_mitmproxy_reads(tmp_path):
     with path.open("rb") as fp:
         (read,) = list(io.FlowReader(fp).stream())
     assert "secret" not in str(read.request.headers)
-    assert read.request.headers["authorization"] == "Bearer ********"
+    assert read.request.headers["authorization"] == "Bearer ********cret"
     assert json.loads(read.response.content) == {"id": "1"}
     assert read.metadata["cf_gateway"]["upstream"] == "/compat/chat/completions"
 
@@ -85,8 +89,12 @@ def test_truncated_failed_and_unanswered_flows_are_skipped():
 
 
 def test_unmatched_gets_404_in_the_familys_shape_naming_the_differing_fields():
-    replayer = Replayer([recorded({"model": "m", "max_tokens": 5, "stream": True}, {"id": "1"}, MESSAGES)], IGNORE)
-    body, response, meta = answer(replayer, {"model": "other", "max_tokens": 5, "stream": True, "user": "x"}, MESSAGES)
+    replayer = Replayer(
+        [recorded({"model": "m", "max_tokens": 5, "stream": True}, {"id": "1"}, MESSAGES)], IGNORE
+    )
+    body, response, meta = answer(
+        replayer, {"model": "other", "max_tokens": 5, "stream": True, "user": "x"}, MESSAGES
+    )
     assert response.status_code == 404 and body["type"] == "error"
     assert body["error"]["code"] == "no_recording"
     assert body["error"]["message"].endswith("the closest recorded request differs in: model")
@@ -121,7 +129,10 @@ def test_a_file_that_is_not_a_recording_names_the_option(tmp_path):
 
 
 def test_canonical_body():
-    assert replay.canonical(b'{"b": 1, "a": {"d": 2, "c": 3}, "user": "x"}', IGNORE) == '{"a":{"c":3,"d":2},"b":1}'
+    assert (
+        replay.canonical(b'{"b": 1, "a": {"d": 2, "c": 3}, "user": "x"}', IGNORE)
+        == '{"a":{"c":3,"d":2},"b":1}'
+    )
     assert replay.canonical(b"[1, 2]", IGNORE) == "[1, 2]"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import tracemalloc
@@ -58,7 +59,7 @@ def test_chunks_are_relayed_unchanged_and_usage_is_read():
 def test_any_chunking_gives_the_same_usage_and_record(cuts):
     points = sorted({0, *cuts, len(MESSAGES)})
     r = recorder()
-    relay(r, [MESSAGES[a:b] for a, b in zip(points, points[1:], strict=False)])
+    relay(r, [MESSAGES[a:b] for a, b in itertools.pairwise(points)])
     assert (r.usage, r.model) == (MESSAGES_USAGE, "claude-x")
     assert r.summary() == {"usage": MESSAGES_USAGE, "answer_model": "claude-x", "bytes": len(MESSAGES),
                            "truncated": False}  # fmt: skip
@@ -67,7 +68,9 @@ def test_any_chunking_gives_the_same_usage_and_record(cuts):
 
 def test_openai_chat_stream_usage_and_last_event_without_blank_line():
     body = (
-        event({"object": "chat.completion.chunk", "model": "gpt-4o", "choices": [{"delta": {}}], "usage": None})
+        event(
+            {"object": "chat.completion.chunk", "model": "gpt-4o", "choices": [{"delta": {}}], "usage": None}
+        )
         + b"data: [DONE]\n\n"
         + b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}'
     )

@@ -41,7 +41,10 @@ def test_local_answer():
     f.response = json_response({"error": {}}, 404)
     record = summary.record(f, {"start": time.time()})
     assert (record["outcome"], record["status"], record["upstream"], record["family"]) == (
-        "local", 404, None, "other"
+        "local",
+        404,
+        None,
+        "other",
     )
 
 
@@ -80,7 +83,10 @@ def test_anthropic_total_counts_the_cache():
 @pytest.mark.parametrize(
     ("record", "comment"),
     [
-        ({"model": "gpt-4o", "family": "chat", "total_tokens": 15, "duration_ms": 250}, "gpt-4o · 15 tok · 250 ms"),
+        (
+            {"model": "gpt-4o", "family": "chat", "total_tokens": 15, "duration_ms": 250},
+            "gpt-4o · 15 tok · 250 ms",
+        ),
         ({"model": None, "family": "messages", "duration_ms": 1540}, "messages · 1.5 s"),
     ],
 )

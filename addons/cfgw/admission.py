@@ -117,7 +117,10 @@ def browser_refusal(flow: http.HTTPFlow, s: Settings) -> str | None:
     """
     if not s.token or s.proxy_keys:
         return None
-    host = urlsplit("//" + (flow.request.host_header or "")).hostname or ""
+    try:
+        host = urlsplit("//" + (flow.request.host_header or "")).hostname or ""
+    except ValueError:  # not a host at all, such as "[::1"
+        host = flow.request.host_header or ""
     if not own_host(host, flow.client_conn.sockname[0], s.allowed_hosts):
         return f"Host {host!r} is not this proxy: add it to cf_allowed_hosts (env CF_ALLOWED_HOSTS)"
     if cross_site(flow.request.headers, s.allowed_origins):

@@ -77,5 +77,5 @@ def set_credentials(headers: http.Headers, s: Settings) -> None:
         headers.pop("cf-aig-authorization", None)
         headers["authorization"] = f"Bearer {s.token}"  # a REST proxy always has its API token
         headers["cf-aig-gateway-id"] = s.gateway_id
-    elif s.token and "cf-aig-authorization" not in headers:
+    elif s.token and is_masked(headers.get("cf-aig-authorization", MASK)):  # absent, or masked: a replay
         headers["cf-aig-authorization"] = f"Bearer {s.token}"

@@ -93,12 +93,12 @@ class CfGateway:
                 raise exceptions.OptionsError(str(e)) from None
             log.error(str(e))  # at startup mitmproxy exits on it; until then every request gets 503
             return
-        self.hide_literal_secrets(values)
+        self.hide_literal_secrets()
 
-    def hide_literal_secrets(self, values: dict[str, str]) -> None:
+    def hide_literal_secrets(self) -> None:
         """A secret typed into an option moves to the environment; the option shows its source."""
         for o in config.OPTIONS:
-            value = values[o.name]
+            value = getattr(ctx.options, o.name)  # the update below hid the ones after it already
             if o.secret and value and not value.startswith("@") and not config.FROM_RE.fullmatch(value):
                 log.warning(
                     f"cf-gateway: {o.name} was given literally: every local user can read it in the "
@@ -114,28 +114,40 @@ class CfGateway:
         if not ctx.options.keep_host_header:  # else mitmproxy puts the reverse target in Host before
             ctx.options.keep_host_header = True  # the browser guard reads it; forward() sets the upstream's
         self.secret_filter.secrets = tuple(s.secrets())
-        old = self.settings
-        if old is None or (s.log_file, s.record, s.replay) != (old.log_file, old.record, old.replay):
-            self.open_files(s)
-        if s != old:
+        self.open_files(s, self.settings)
+        if s != self.settings:
             log.info(s.describe())
         for warning in admission.warnings(s, ctx.options):
             log.warning(warning)
         self.settings = s
 
-    def open_files(self, s: Settings) -> None:
-        self.close_files()
-        if s.log_file:
-            self.file_handler = logs.file_handler(s.log_file, self.secret_filter)
-            request_log.addHandler(self.file_handler)
-        self.recording = replay.Recording(s.record) if s.record else None
-        self.replayer = replay.Replayer.load(s.replay, s.replay_ignore) if s.replay else None
+    def open_files(self, s: Settings, old: Settings | None) -> None:
+        """Open only what changed (a recording opened again starts over), the new before the
+        old is closed: a change refused with ValueError keeps the old."""
+        if old is None or s.log_file != old.log_file:
+            handler = logs.file_handler(s.log_file, self.secret_filter) if s.log_file else None
+            self.close_log_file()
+            if handler:
+                self.file_handler = handler
+                request_log.addHandler(handler)
+        if old is None or s.record != old.record:
+            recording = replay.Recording(s.record) if s.record else None
+            self.close_recording()
+            self.recording = recording
+        if old is None or (s.replay, s.replay_ignore) != (old.replay, old.replay_ignore):
+            self.replayer = replay.Replayer.load(s.replay, s.replay_ignore) if s.replay else None
 
     def close_files(self) -> None:
+        self.close_log_file()
+        self.close_recording()
+
+    def close_log_file(self) -> None:
         if self.file_handler:
             request_log.removeHandler(self.file_handler)
             self.file_handler.close()
             self.file_handler = None
+
+    def close_recording(self) -> None:
         if self.recording:
             self.recording.close()
             self.recording = None
@@ -171,7 +183,10 @@ class CfGateway:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not is_reverse(flow) or flow.response:
             return
+        previous = flow.metadata.get(META, {})
         flow.metadata[META] = {"start": time.time()}
+        if flow.is_replay == "request" and previous.get("target"):  # its path is the upstream's now
+            flow.metadata[META]["target"] = previous["target"]
         answer = admission.answer(flow, self.settings, self.metrics)
         if isinstance(answer, http.Response):
             flow.response = answer

@@ -89,7 +89,12 @@ def file_handler(path: str, secret_filter: SecretFilter) -> logging.Handler:
     if path == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stdout)
     else:
-        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        try:
+            handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        except OSError as e:
+            raise ValueError(
+                f"cf-gateway: cf_log_file (env CF_LOG_FILE) cannot open {path}: {e.strerror}"
+            ) from None
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(secret_filter)
     return handler

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from mitmproxy import http, io
+from mitmproxy import exceptions, http, io
 
 from cfgw import admission, auth
 
@@ -91,7 +91,7 @@ class Replayer:
         try:
             with open(path, "rb") as f:
                 flows = [f for f in io.FlowReader(f).stream() if isinstance(f, http.HTTPFlow)]
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, exceptions.FlowReadException) as e:
             raise ValueError(f"cf-gateway: cf_replay (env CF_REPLAY) cannot read {path}: {e}") from None
         replayer = cls(flows, ignore)
         log.info(f"cf-gateway: replaying {replayer.total} recorded exchanges from {path}")

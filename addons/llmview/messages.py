@@ -31,8 +31,16 @@ REQUEST_KEYS: tuple[str, ...] = ("messages",)
 _NOT_PARAMS = frozenset({"model", "messages", "system"})
 _CALLS = ("tool_use", "server_tool_use", "mcp_tool_use")
 _ONLY_ANTHROPIC = ("tool_use", "tool_result", "thinking", "redacted_thinking", "image", "document")
-_EVENTS = ("message_start", "message_delta", "message_stop", "ping")
-_BLOCK_EVENTS = ("content_block_start", "content_block_delta", "content_block_stop")
+_EVENTS = (
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+)
+"""A stream's event types (``error`` too, but an error answer is left to the JSON view)."""
 _DELTAS: dict[Any, str] = {
     "text_delta": "text",
     "thinking_delta": "thinking",
@@ -66,7 +74,7 @@ def _own_blocks(msg: dict) -> bool:
 def looks_like_response(obj: Any) -> bool:
     """A ``message``, or a stream event's data."""
     typ = obj.get("type") if isinstance(obj, dict) else None
-    return (typ == "message" and "content" in obj) or typ in _EVENTS or typ in _BLOCK_EVENTS
+    return (typ == "message" and "content" in obj) or typ in _EVENTS
 
 
 # --- blocks -------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def _other(block: dict) -> list[str]:
 
 
 def _redacted(block: dict) -> list[str]:
-    return [f"<redacted_thinking ({len(s(block.get('data')))} chars)>"]
+    return [f"<redacted_thinking ({len(s(block.get('data') or ''))} chars)>"]
 
 
 _BLOCKS: dict[Any, Callable[[dict], list[str]]] = {
@@ -173,7 +181,7 @@ def _error_line(err: Any) -> str:
 def _reply(msg: dict, content: Any, stop: dict) -> list[str | None]:
     """The assistant's turn: role, blocks, stop reason."""
     reason, sequence = stop.get("stop_reason"), stop.get("stop_sequence")
-    line = f"stop_reason: {label(reason)}" + (f" ({label(s(sequence))})" if sequence is not None else "")
+    line = f"stop_reason: {label(reason)}" + (f" ({label(sequence)})" if sequence is not None else "")
     role = f"[{label(msg.get('role') or 'assistant')}]"
     return ["", role, *(_content(content) or ["(no content)"]), line if reason is not None else None]
 
@@ -199,8 +207,8 @@ class _Stream:
 
     def add(self, name: str, obj: dict) -> None:
         kind = obj.get("type") or name
-        if kind in _EVENTS or kind in _BLOCK_EVENTS or kind == "error":
-            getattr(self, f"_{kind}", lambda obj: None)(obj)
+        if kind in _EVENTS or kind == "error":
+            getattr(self, f"_{kind}")(obj)
 
     def _message_start(self, obj: dict) -> None:
         self.message = obj.get("message") or {}
@@ -221,6 +229,12 @@ class _Stream:
 
     def _message_stop(self, obj: dict) -> None:
         self.stopped = True
+
+    def _content_block_stop(self, obj: dict) -> None:
+        """Nothing to do: a block's fragments are joined when it is shown."""
+
+    def _ping(self, obj: dict) -> None:
+        """Nothing to show."""
 
     def _error(self, obj: dict) -> None:
         self.errors.append(_error_line(obj.get("error")))

@@ -72,9 +72,13 @@ def _message(item: dict) -> list[str]:
 
 def _reasoning(item: dict) -> list[str]:
     """The summary (or the reasoning text) between tags; encrypted reasoning as a tag."""
-    texts = [content_text(item.get(key)) for key in ("summary", "content")]
-    encrypted = f"<reasoning (encrypted, {len(s(item.get('encrypted_content')))} chars)>"
-    return tagged("reasoning", next(filter(None, texts), "")) or [encrypted]
+    text = content_text(item.get("summary")) or content_text(item.get("content"))
+    if text:
+        return tagged("reasoning", text)
+    encrypted = item.get("encrypted_content")
+    return [
+        f"<reasoning (encrypted, {len(encrypted)} chars)>" if isinstance(encrypted, str) else "<reasoning>"
+    ]
 
 
 def _call(item: dict) -> list[str]:

@@ -1,23 +1,20 @@
 """The server-sent events of a recorded body, for rendering (not for relaying a live stream).
 
-Blocks are split on blank lines and their fields found with regular expressions, so
-the work stays in C however hostile the body; at most ``max_blocks`` blocks are read.
+The fields that matter here (``event`` and ``data``) are read line by line, at most
+``max_lines`` lines, so a hostile body costs no more than a long honest one.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 DONE: Any = object()
 """OpenAI's ``data: [DONE]``."""
 BAD: Any = object()
-"""Data that is not JSON."""
+"""Data that is not a JSON object."""
 
-_DATA = re.compile(r"^data(?:: ?(.*))?$", re.M)
-_NAME = re.compile(r"^event(?:: ?(.*))?$", re.M)
 _SSE_START = (b"data:", b"event:", b":", b"id:", b"retry:")
 
 
@@ -44,27 +41,34 @@ def looks_like_sse(data: bytes) -> bool:
     return data[:32].lstrip().startswith(_SSE_START)
 
 
-def parse(body: bytes, max_blocks: int) -> tuple[list[Event], bool]:
-    """The events of the first ``max_blocks`` blocks; False when the body had more."""
-    text = body.decode("utf-8", "replace").removeprefix("\ufeff")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    blocks = text.split("\n\n", max_blocks)
-    complete = len(blocks) <= max_blocks or not blocks[-1].strip()
+def parse(body: bytes, max_lines: int) -> tuple[list[Event], bool]:
+    """The events of the first ``max_lines`` lines; False when the body has more."""
+    text = body.decode("utf-8", "replace").removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n", max_lines)
+    complete = len(lines) <= max_lines or not lines[-1].strip()
     events = []
-    for block in blocks[:max_blocks]:
-        data = "\n".join(_DATA.findall(block))
-        if data:  # an event without data is not dispatched
-            names = _NAME.findall(block)
-            events.append(Event(names[-1] if names else "", data))
+    name, data = "", []
+    for line in [*lines[:max_lines], ""]:  # the blank line at the end dispatches an event left open
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+        elif field == "event":
+            name = value.removeprefix(" ")
+        elif not line:
+            joined = "\n".join(data)
+            if joined:  # an event without data is not dispatched
+                events.append(Event(name, joined))
+            name, data = "", []
     return events, complete
 
 
 def _load(data: str) -> Any:
+    """The data's JSON object, DONE, or BAD (what is not an object is not looked at further)."""
     data = data.strip()
     if data == "[DONE]":
         return DONE
     try:
-        return json.loads(data)
+        return json.loads(data) if data.startswith("{") else BAD
     except (ValueError, RecursionError):
         return BAD
 
@@ -84,8 +88,8 @@ def objects(events: Iterable[Event]) -> Parsed:
         for obj in _documents(ev.data):
             if obj is DONE:
                 done = True
-            elif isinstance(obj, dict):
-                objs.append((ev.name, obj))
-            else:
+            elif obj is BAD:
                 bad += 1
+            else:
+                objs.append((ev.name, obj))
     return Parsed(objs, len(objs) + bad, bad, done)

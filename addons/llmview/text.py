@@ -19,6 +19,7 @@ MAX_URL = 120
 
 _TEXT_PARTS = ("text", "input_text", "output_text", "summary_text", "reasoning_text")
 _MEDIA_REFS = ("url", "image_url", "filename", "file_id", "file_url", "format")
+_DETAILS = {"cached_tokens": "cached", "reasoning_tokens": "reasoning"}
 
 
 def s(v: Any) -> str:
@@ -83,11 +84,10 @@ def media(typ: Any, part: dict) -> str:
     Chat nests the reference (``{"image_url": {"url": ...}}``), Responses does not.
     """
     inner = part[typ] if isinstance(part.get(typ), dict) else part
-    words = [label(typ)]
-    words += [short_url(inner[k]) for k in _MEDIA_REFS if isinstance(inner.get(k), str)][:1]
+    ref = next((inner[k] for k in _MEDIA_REFS if isinstance(inner.get(k), str)), None)
     detail = inner.get("detail") or part.get("detail")
-    words += [f"detail={label(detail)}"] if detail else []
-    return f"<{' '.join(words)}>"
+    words = [label(typ), short_url(ref) if ref else None, f"detail={label(detail)}" if detail else None]
+    return "<" + " ".join(w for w in words if w) + ">"
 
 
 def part(p: Any) -> str:
@@ -142,11 +142,10 @@ def usage_line(usage: Any, inp: str = "prompt", out: str = "completion") -> str 
     if not isinstance(usage, dict):
         return None
     details = {**(usage.get(f"{inp}_tokens_details") or {}), **(usage.get(f"{out}_tokens_details") or {})}
-    extra = [f"{k[:-7]} {details[k]}" for k in ("cached_tokens", "reasoning_tokens") if details.get(k)]
-    return (
-        f"usage: {inp} {count(usage.get(f'{inp}_tokens'))} · {out} {count(usage.get(f'{out}_tokens'))}"
-        f" · total {count(usage.get('total_tokens'))}" + (f" ({', '.join(extra)})" if extra else "")
-    )
+    extra = [f"{name} {details[key]}" for key, name in _DETAILS.items() if details.get(key)]
+    ins, outs, total = (count(usage.get(key)) for key in (f"{inp}_tokens", f"{out}_tokens", "total_tokens"))
+    line = f"usage: {inp} {ins} · {out} {outs} · total {total}"
+    return line + (f" ({', '.join(extra)})" if extra else "")
 
 
 def stream_line(events: int, bad: int, end: str, ended: bool) -> str:

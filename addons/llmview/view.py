@@ -25,13 +25,13 @@ SNIFF_BYTES = 64 << 10
 """Bytes of a body render_priority parses when the flow names no family (it runs for every body)."""
 MAX_BODY = 16 << 20
 """Bytes rendered: a longer stream is cut, a longer JSON body is left to other views."""
-MAX_EVENTS = 20_000
-"""Blocks of a stream read (events, comments, pings); the rest is cut."""
+MAX_LINES = 60_000
+"""Lines of a stream read (20,000 to 30,000 events); the rest is cut."""
 MAX_ITEMS = 2_000
 """Items of one list (messages, blocks, tools) shown."""
 MAX_NODES = 200_000
 """JSON values looked at, in all: nested lists multiply."""
-_FIRST_EVENTS = 8  # events looked at to tell a stream's family
+_FIRST_LINES = 32  # lines read to tell a stream's family
 _MALFORMED = (TypeError, AttributeError, KeyError, IndexError, RecursionError)
 
 
@@ -115,11 +115,11 @@ def stream_family(parsed: sse.Parsed, known: str | None) -> Family | None:
 
 
 def render_stream_body(data: bytes, known: str | None) -> str:
-    """A stream's transcript, at most MAX_BODY bytes and MAX_EVENTS blocks; ValueError if not an LLM's."""
+    """A stream's transcript, at most MAX_BODY bytes and MAX_LINES lines; ValueError if not an LLM's."""
     notes = []
     if len(data) > MAX_BODY:
         notes.append(f"… truncated: showing the first {size(MAX_BODY)} of {size(len(data))}")
-    events, complete = sse.parse(data[:MAX_BODY], MAX_EVENTS)
+    events, complete = sse.parse(data[:MAX_BODY], MAX_LINES)
     if not complete:
         notes.append(f"… truncated: showing the first {len(events)} events (the stream has more)")
     parsed = sse.objects(events)
@@ -181,7 +181,7 @@ class LLMView(Contentview):
         if known == NO_TRANSCRIPT:
             return False
         if _is_stream(data, metadata.content_type):
-            head = sse.parse(data[:SNIFF_BYTES], _FIRST_EVENTS)[0]
+            head = sse.parse(data[:SNIFF_BYTES], _FIRST_LINES)[0]
             return stream_family(sse.objects(head), known) is not None
         if not _is_json(data, metadata.content_type) or len(data) > (MAX_BODY if known else SNIFF_BYTES):
             return False
