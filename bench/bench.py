@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import agentbody  # next to this script, which puts its own directory on sys.path
+from mitmproxy import version as mitmproxy_version
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -689,15 +690,13 @@ def describe(tree: Path) -> str:
 
 
 def machine() -> str:
-    from mitmproxy import version
-
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"- {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {os.cpu_count()} CPUs ({cpu}); "
         f"{platform.system()} {platform.release()}; load average at start {load}\n"
-        f"- Python {platform.python_version()}, mitmproxy {version.VERSION}"
+        f"- Python {platform.python_version()}, mitmproxy {mitmproxy_version.VERSION}"
     )
 
 
@@ -705,8 +704,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short smoke run: 1 round, short runs, no LiteLLM")
     ap.add_argument("--rounds", type=int, help="rounds per part (default 5; 1 with --quick)")
-    ap.add_argument("--baseline", type=Path, help="another checkout of cf-gateway, measured side by side")
-    ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
+    ap.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="another checkout of cf-gateway, measured side by side"
+    )
+    ap.add_argument(
+        "--tree", type=Path, default=ROOT, metavar="DIR", help="the checkout to measure (default: this one)"
+    )
     ap.add_argument("--only", default="small,agent,streams", help="which parts, comma-separated")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (and never install it)")

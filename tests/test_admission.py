@@ -169,9 +169,12 @@ def test_refused_route_answers_in_the_familys_shape():
     assert json.loads(response.content)["error"]["type"] == "not_found_error"
 
 
-def test_head_gets_headers_only():
-    response = answer(reverse_flow("/v1/v1/models", method="HEAD"), TOKEN)
-    assert response.status_code == 404 and response.content == b""
+@pytest.mark.parametrize(
+    ("path", "status"), [("/", 200), ("/healthz", 200), ("/metrics", 200), ("/v1/v1/models", 404)]
+)
+def test_head_gets_headers_only(path, status):
+    response = answer(reverse_flow(path, method="HEAD"), TOKEN)
+    assert response.status_code == status and response.raw_content == b""
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -115,6 +116,16 @@ def test_rate_limit_counts_each_level_apart(monkeypatch):
     warning = log_record("x")
     warning.levelno = logging.WARNING
     assert limit.filter(log_record("x")) and limit.filter(warning)
+
+
+def test_accept_errors_limits_only_running_out_of_descriptors(monkeypatch):
+    monkeypatch.setattr(logs.time, "monotonic", Clock())
+    limit = logs.AcceptErrors()
+    emfile = [log_record("accept failed") for _ in range(2)]
+    for record in emfile:
+        record.exc_info = (OSError, OSError(errno.EMFILE, "Too many open files"), None)
+    assert limit.filter(emfile[0]) and not limit.filter(emfile[1])
+    assert limit.filter(log_record("Unhandled error in task.")) and limit.filter(log_record("other"))
 
 
 def test_filters_are_added_once_and_removed():

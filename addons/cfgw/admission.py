@@ -37,7 +37,10 @@ def answer(flow: http.HTTPFlow, s: Settings | None, metrics: Metrics) -> http.Re
     """The local answer for a request, KILL to cut it off unread, or None to admit it."""
     if s is None:
         return local(flow, 503, "not_configured", "cf-gateway has no valid configuration; see its log")
-    return before_keys(flow, s) or check_key(flow, s) or after_keys(flow, s, metrics)
+    found = before_keys(flow, s) or check_key(flow, s) or after_keys(flow, s, metrics)
+    if isinstance(found, http.Response) and flow.request.method == "HEAD":
+        found.raw_content = b""  # headers only: mitmproxy would send a body after them
+    return found
 
 
 def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:

@@ -49,7 +49,7 @@ class CfGateway:
         self.environ: dict[str, str | None] = {}
         self.metrics = Metrics()
         self.secret_filter = logs.SecretFilter()
-        self.accept_errors = logs.RateLimit()
+        self.accept_errors = logs.AcceptErrors()
         self.file_handler: logging.Handler | None = None
         self.connections: set[str] = set()
         self.hinted: set[int] = set()
@@ -73,7 +73,8 @@ class CfGateway:
         for name in config.unused_variables(self.environ):
             log.warning(f"cf-gateway: {name} is set but no option reads it (a typo, or a dropped setting?)")
         logs.add_filter(logging.getLogger().handlers, self.secret_filter)
-        logging.getLogger("asyncio").addFilter(self.accept_errors)
+        for name in ("asyncio", "mitmproxy.master"):  # mitmproxy logs the loop's errors as the latter
+            logging.getLogger(name).addFilter(self.accept_errors)
 
     def configure(self, updated: set[str]) -> None:
         # mitmproxy's connection lines; the mitmproxy console has no termlog_verbosity
@@ -161,7 +162,8 @@ class CfGateway:
                 Path(self.settings.replay_report).write_text(self.replayer.report())
         self.close_files()
         logs.remove_filter(logging.getLogger().handlers, self.secret_filter)
-        logging.getLogger("asyncio").removeFilter(self.accept_errors)
+        for name in ("asyncio", "mitmproxy.master"):
+            logging.getLogger(name).removeFilter(self.accept_errors)
 
     # -- connections --------------------------------------------------------------------
 
@@ -230,7 +232,12 @@ class CfGateway:
         auth.mask_headers(flow.request.headers)
         if meta.get("url") and "text/event-stream" in flow.response.headers.get("content-type", ""):
             meta["stream"] = True
-            flow.response.stream = Recorder(flow, self.settings.record_limit)
+            body = flow.response.raw_content  # a replayed answer is whole: mitmproxy sends it as it is
+            recorder = Recorder(flow, self.settings.record_limit if body is None else len(body))
+            if body is not None:  # and never calls the recorder, so it reads the body here
+                recorder(body)
+                recorder(b"")
+            flow.response.stream = recorder
             self.metrics.streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -6,6 +6,7 @@ those handlers (and the log file's), not on the records of the whole process.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import logging.handlers
@@ -70,6 +71,20 @@ class RateLimit(logging.Filter):
             record.msg, record.args = f"{record.getMessage()} ({self.suppressed} like it suppressed)", ()
             self.suppressed = 0
         return True
+
+
+class AcceptErrors(RateLimit):
+    """RateLimit for accept() running out of descriptors only; other records pass.
+
+    mitmproxy logs the event loop's errors itself (logger ``mitmproxy.master``, "Unhandled error
+    in task."), and asyncio retries accept() up to 100 times a tick, logging each failure.
+    """
+
+    ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return super().filter(record) if isinstance(exc, OSError) and exc.errno in self.ERRNOS else True
 
 
 def add_filter(handlers: Iterable[logging.Handler], f: logging.Filter) -> None:
