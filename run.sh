@@ -102,10 +102,10 @@ replay() {
   [ -n "${1:-}" ] || die "usage: ./run.sh replay [--strict] FILE [mitmproxy args]"
   local file="$1"; shift
   report="$(mktemp)"
-  trap 'kill -TERM "$pid" 2>/dev/null' INT TERM
   (proxy mitmdump --set "cf_replay=$file" --set "cf_replay_report=$report" "$@") & pid=$!
-  wait "$pid" || rc=$?
-  wait "$pid" 2>/dev/null || true
+  trap 'kill -TERM "$pid" 2>/dev/null' INT TERM
+  # A trapped signal interrupts wait (status > 128): wait again until mitmdump has really ended.
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" && rc=0 || rc=$?; done
   if [ "$strict" = 1 ]; then
     [ -s "$report" ] || die "replay ended without a summary (the proxy did not start?)"
     .venv/bin/python -c 'import json, sys; r = json.load(open(sys.argv[1]))

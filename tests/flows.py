@@ -62,7 +62,10 @@ def json_response(body: dict, status: int = 200, **headers: str) -> http.Respons
 
 
 def sse_response() -> http.Response:
-    return http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    """An event stream's head as mitmproxy has it in responseheaders: no body read yet."""
+    response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    response.raw_content = None
+    return response
 
 
 def settings(environ: dict[str, str] | None = None, **values: str) -> config.Settings:

@@ -36,6 +36,8 @@ log = logging.getLogger("cf_gateway")
 request_log = logging.getLogger(logs.REQUESTS)
 META = "cf_gateway"
 DEFAULT_BODY_SIZE_LIMIT = "32m"
+# where accept() errors are logged: asyncio's logger, or mitmproxy's for the loop it runs
+ACCEPT_LOGGERS = (logging.getLogger("asyncio"), logging.getLogger("mitmproxy.master"))
 MAX_JSON = 16 << 20  # answers larger than this are not parsed for usage
 
 
@@ -73,8 +75,7 @@ class CfGateway:
         for name in config.unused_variables(self.environ):
             log.warning(f"cf-gateway: {name} is set but no option reads it (a typo, or a dropped setting?)")
         logs.add_filter(logging.getLogger().handlers, self.secret_filter)
-        for name in ("asyncio", "mitmproxy.master"):  # mitmproxy logs the loop's errors as the latter
-            logging.getLogger(name).addFilter(self.accept_errors)
+        logs.add_filter(ACCEPT_LOGGERS, self.accept_errors)
 
     def configure(self, updated: set[str]) -> None:
         # mitmproxy's connection lines; the mitmproxy console has no termlog_verbosity
@@ -162,8 +163,7 @@ class CfGateway:
                 Path(self.settings.replay_report).write_text(self.replayer.report())
         self.close_files()
         logs.remove_filter(logging.getLogger().handlers, self.secret_filter)
-        for name in ("asyncio", "mitmproxy.master"):
-            logging.getLogger(name).removeFilter(self.accept_errors)
+        logs.remove_filter(ACCEPT_LOGGERS, self.accept_errors)
 
     # -- connections --------------------------------------------------------------------
 
@@ -222,8 +222,8 @@ class CfGateway:
         meta["url"] = url.partition("?")[0]
         self.in_flight[flow.id] = flow
         flow.request.url = url  # the last step: only now can the flow leave the machine
-        if flow.request.host_header is None:  # HTTP/1.0 without Host: keep_host_header added none
-            flow.request.host_header = url_hostport(flow.request.scheme, flow.request.host, flow.request.port)
+        # with keep_host_header an HTTP/1.0 request may have no Host for the URL to update
+        flow.request.host_header = url_hostport(flow.request.scheme, flow.request.host, flow.request.port)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -232,11 +232,9 @@ class CfGateway:
         auth.mask_headers(flow.request.headers)
         if meta.get("url") and "text/event-stream" in flow.response.headers.get("content-type", ""):
             meta["stream"] = True
-            body = flow.response.raw_content  # a replayed answer is whole: mitmproxy sends it as it is
-            recorder = Recorder(flow, self.settings.record_limit if body is None else len(body))
-            if body is not None:  # and never calls the recorder, so it reads the body here
-                recorder(body)
-                recorder(b"")
+            recorder = Recorder(flow, self.settings.record_limit)
+            if meta["url"].startswith("replay:"):
+                recorder.read_whole(flow.response.raw_content or b"")
             flow.response.stream = recorder
             self.metrics.streams.inc()
 

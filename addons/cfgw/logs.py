@@ -83,17 +83,17 @@ class AcceptErrors(RateLimit):
     ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return super().filter(record) if isinstance(exc, OSError) and exc.errno in self.ERRNOS else True
+        exc = (record.exc_info or (None, None))[1]
+        return getattr(exc, "errno", None) not in self.ERRNOS or super().filter(record)
 
 
-def add_filter(handlers: Iterable[logging.Handler], f: logging.Filter) -> None:
+def add_filter(handlers: Iterable[logging.Filterer], f: logging.Filter) -> None:
     for h in handlers:
         if f not in h.filters:
             h.addFilter(f)
 
 
-def remove_filter(handlers: Iterable[logging.Handler], f: logging.Filter) -> None:
+def remove_filter(handlers: Iterable[logging.Filterer], f: logging.Filter) -> None:
     for h in handlers:
         h.removeFilter(f)
 
