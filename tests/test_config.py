@@ -212,3 +212,17 @@ def test_bad_setting_at_startup_is_logged_and_nothing_is_configured(caplog):
     with flows.loaded("cf_log_format=xml", configure=False) as (_, gw):
         assert "cf_log_format (env CF_LOG_FORMAT) must be one of text, json" in caplog.text
         assert gw.settings is None
+
+
+def test_keys_from_a_file_named_by_the_environment(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\nteam-a-0123456789\nteam-b-0123456789\n")
+    s = flows.settings({"PROXY_KEYS": f"@{keys}"}, cf_proxy_keys="(from PROXY_KEYS)")
+    assert s.proxy_keys.keys == ("team-a-0123456789", "team-b-0123456789")
+
+
+def test_record_and_replay_together_are_refused(tmp_path):
+    recording = tmp_path / "r.mitm"
+    recording.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cf_replay .*cf_record cannot both be set"):
+        flows.settings(cf_replay=str(recording), cf_record=str(tmp_path / "new.mitm"))

@@ -254,3 +254,37 @@ def test_changing_the_log_file_keeps_the_recording(tmp_path):
         send(gw, reverse_flow(body={"model": "m"}))
     with path.open("rb") as fp:
         assert len(list(io.FlowReader(fp).stream())) == 2
+
+
+def test_an_allowed_origin_may_read_the_answer_and_others_get_no_cors_header():
+    allowed = {**WITH_TOKEN, "cf_allowed_origins": "http://localhost:5173"}
+    with flows.loaded(**allowed) as (_, gw):
+        for origin, expected in (
+            ("http://localhost:5173", "http://localhost:5173"),
+            ("http://evil.example", None),
+        ):
+            f = sent(gw, reverse_flow(body={"model": "openai/gpt-4o"}, headers={"origin": origin}))
+            f.response = f.response or json_response(CHAT_ANSWER)
+            gw.responseheaders(f)
+            gw.response(f)
+            assert f.response.headers.get("access-control-allow-origin") == expected
+
+
+def test_a_locally_answered_flow_keeps_no_client_key_in_clear():
+    with flows.loaded() as (_, gw):
+        f = reverse_flow(
+            "/v1/v1/chat/completions", headers={"authorization": "Bearer sk-client-key-0123456789"}
+        )
+        gw.requestheaders(f)
+        gw.response(f)
+        assert f.response.status_code == 404
+        assert "sk-client-key" not in f.request.headers["authorization"]
+
+
+def test_a_report_that_cannot_be_written_is_an_error_not_a_crash(tmp_path, caplog):
+    recording = tmp_path / "empty.mitm"
+    recording.write_bytes(b"")
+    report = tmp_path / "no-such-dir" / "report.json"
+    with flows.loaded(cf_replay=str(recording), cf_replay_report=str(report)) as (_, gw):
+        gw.done()
+    assert "cannot write the replay report" in caplog.text

@@ -97,25 +97,23 @@ class Clock:
         return self.now
 
 
-def test_rate_limit_lets_one_record_a_minute_through(monkeypatch):
+def emfile_record() -> logging.LogRecord:
+    record = log_record("accept failed")
+    record.exc_info = (OSError, OSError(errno.EMFILE, "Too many open files"), None)
+    return record
+
+
+def test_accept_errors_let_one_record_a_minute_through(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(logs.time, "monotonic", clock)
-    limit = logs.RateLimit()
-    assert limit.filter(log_record("accept failed"))
-    assert not limit.filter(log_record("accept failed"))
-    assert not limit.filter(log_record("accept failed"))
+    limit = logs.AcceptErrors()
+    assert limit.filter(emfile_record())
+    assert not limit.filter(emfile_record())
+    assert not limit.filter(emfile_record())
     clock.now += 60
-    record = log_record("accept failed")
+    record = emfile_record()
     assert limit.filter(record)
     assert record.getMessage() == "accept failed (2 like it suppressed)"
-
-
-def test_rate_limit_counts_each_level_apart(monkeypatch):
-    monkeypatch.setattr(logs.time, "monotonic", Clock())
-    limit = logs.RateLimit()
-    warning = log_record("x")
-    warning.levelno = logging.WARNING
-    assert limit.filter(log_record("x")) and limit.filter(warning)
 
 
 def test_accept_errors_limits_only_running_out_of_descriptors(monkeypatch):

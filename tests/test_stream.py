@@ -113,3 +113,12 @@ def test_a_huge_event_without_a_blank_line_keeps_time_and_memory_bounded():
     assert peak < 4 * MAX_EVENT
     assert r.usage == {"output": 3}  # what follows is still read
     assert len(r.flow.response.raw_content) == 1 << 16
+
+
+def test_an_event_nested_past_pythons_limit_is_relayed_and_not_read():
+    f = reverse_flow()
+    f.response = sse_response()
+    recorder = Recorder(f, 1 << 20)
+    deep = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b', "usage": 1\n\n'
+    assert recorder(deep) == deep and recorder(b"") == b""
+    assert recorder.usage == {}

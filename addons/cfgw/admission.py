@@ -136,6 +136,14 @@ def own_host(host: str, listener: str, allowed: frozenset[str]) -> bool:
     return not host or is_loopback(host) or host in (listener, *allowed)
 
 
+def allow_origin(flow: http.HTTPFlow, s: Settings | None) -> None:
+    """An allowed origin may read the answer (a preflight alone does not let it)."""
+    origin = flow.request.headers.get("origin", "")
+    if s and flow.response and origin.lower() in s.allowed_origins:
+        flow.response.headers["access-control-allow-origin"] = origin
+        flow.response.headers["vary"] = "origin"
+
+
 def cross_site(headers: http.Headers, allowed: frozenset[str]) -> bool:
     origin = headers.get("origin", "").lower()
     return bool(origin and origin not in allowed) or headers.get("sec-fetch-site") == "cross-site"

@@ -199,7 +199,7 @@ def parse_token(value: str) -> str:
 def parse_keys(value: str, source: str) -> AccessKeys | None:
     if not value:
         return None
-    lines = value.splitlines() if source.startswith("file") else value.split(",")
+    lines = re.split(r"[,\n]", value)  # a list, or a file of one key a line
     keys = tuple(k.strip() for k in lines if k.strip() and not k.strip().startswith("#"))
     if not keys:
         raise ValueError("holds no key")
@@ -285,7 +285,7 @@ def parse_settings(values: Mapping[str, str], environ: Mapping[str, str | None])
         allowed_origins=field("cf_allowed_origins", parse_list),
         max_connections=field("cf_max_connections", parse_max_connections),
         record=values["cf_record"],
-        replay=field("cf_replay", _readable),
+        replay=field("cf_replay", lambda v: _readable(v) if not (v and values["cf_record"]) else _both()),
         replay_ignore=field("cf_replay_ignore", parse_list),
         replay_report=values["cf_replay_report"],
         **parsed,  # type: ignore[arg-type]
@@ -302,6 +302,10 @@ def _gateway_id(value: str) -> str:
     if not (len(value) <= 64 and GATEWAY_RE.fullmatch(value)):
         raise ValueError(f"must be 1-64 of a-z 0-9 _ with single '-' between, got {value!r}")
     return value
+
+
+def _both() -> str:
+    raise ValueError("and cf_record cannot both be set: a replay has nothing new to record")
 
 
 def _readable(value: str) -> str:

@@ -85,7 +85,7 @@ def reshaped(family: str, status: int, body: bytes) -> tuple[bytes, int, str | N
     """A Cloudflare error body in the family's shape: (body, Cloudflare's code, hint); else None."""
     try:
         found = cloudflare_error(json.loads(body), status)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if found is None:
         return None
@@ -155,7 +155,7 @@ def fix_model(flow: http.HTTPFlow, api: str, meta: dict) -> None:
         return
     try:
         obj = json.loads(request.raw_content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), str):
         return

@@ -159,11 +159,18 @@ class CfGateway:
             auth.mask_headers(flow.request.headers)
         if self.replayer and self.settings:
             log.info(self.replayer.summary_line())
-            if self.settings.replay_report:
-                Path(self.settings.replay_report).write_text(self.replayer.report())
+            self.write_report(self.settings.replay_report)
         self.close_files()
         logs.remove_filter(logging.getLogger().handlers, self.secret_filter)
         logs.remove_filter(ACCEPT_LOGGERS, self.accept_errors)
+
+    def write_report(self, path: str) -> None:
+        if not (path and self.replayer):
+            return
+        try:
+            Path(path).write_text(self.replayer.report())
+        except OSError as e:
+            log.error(f"cf-gateway: cannot write the replay report to {path}: {e.strerror}")
 
     # -- connections --------------------------------------------------------------------
 
@@ -230,6 +237,7 @@ class CfGateway:
         if meta is None or not flow.response or not self.settings:
             return
         auth.mask_headers(flow.request.headers)
+        admission.allow_origin(flow, self.settings)
         if meta.get("url") and "text/event-stream" in flow.response.headers.get("content-type", ""):
             meta["stream"] = True
             recorder = Recorder(flow, self.settings.record_limit)
@@ -244,6 +252,7 @@ class CfGateway:
             return
         if meta.get("url") and not meta.get("stream"):
             self.read_answer(flow, meta)
+        admission.allow_origin(flow, self.settings)  # again: local answers have no response head hook
         self.finish(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -282,6 +291,7 @@ class CfGateway:
     def finish(self, flow: http.HTTPFlow, meta: dict) -> None:
         """One record per flow: the log line, metrics, the flow comment, the recording."""
         self.in_flight.pop(flow.id, None)
+        auth.mask_headers(flow.request.headers)  # answered locally, a flow never had its response head
         if flow.response and isinstance(flow.response.stream, Recorder):
             self.metrics.streams.dec()
             meta.update(flow.response.stream.summary())

@@ -52,39 +52,34 @@ class SecretFilter(logging.Filter):
         return True
 
 
-class RateLimit(logging.Filter):
-    """At most one record a minute per logger and level (accept errors under attack repeat)."""
+class AcceptErrors(logging.Filter):
+    """Running out of descriptors is logged at most once a minute; other records pass.
 
-    def __init__(self, interval: float = 60) -> None:
-        super().__init__()
-        self.interval = interval
-        self.last: dict[tuple[str, int], float] = {}
-        self.suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key, now = (record.name, record.levelno), time.monotonic()
-        if now - self.last.get(key, -self.interval) < self.interval:
-            self.suppressed += 1
-            return False
-        self.last[key] = now
-        if self.suppressed:
-            record.msg, record.args = f"{record.getMessage()} ({self.suppressed} like it suppressed)", ()
-            self.suppressed = 0
-        return True
-
-
-class AcceptErrors(RateLimit):
-    """RateLimit for accept() running out of descriptors only; other records pass.
-
-    mitmproxy logs the event loop's errors itself (logger ``mitmproxy.master``, "Unhandled error
-    in task."), and asyncio retries accept() up to 100 times a tick, logging each failure.
+    Under a flood of connections asyncio retries accept() up to 100 times a tick and logs
+    each failure (mitmproxy relays the event loop's errors as "Unhandled error in task.").
     """
 
     ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
+    def __init__(self, interval: float = 60) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
     def filter(self, record: logging.LogRecord) -> bool:
         exc = (record.exc_info or (None, None))[1]
-        return getattr(exc, "errno", None) not in self.ERRNOS or super().filter(record)
+        if getattr(exc, "errno", None) not in self.ERRNOS:
+            return True
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return False
+        self.last = now
+        if self.suppressed:
+            record.msg, record.args = f"{record.getMessage()} ({self.suppressed} like it suppressed)", ()
+            self.suppressed = 0
+        return True
 
 
 def add_filter(handlers: Iterable[logging.Filterer], f: logging.Filter) -> None:

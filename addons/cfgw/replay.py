@@ -25,7 +25,7 @@ META = "cf_gateway"
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
         return None
 
 

@@ -80,7 +80,7 @@ class Recorder:
         data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         self.usage.update(families.usage_of(obj))
         self.model = families.model_of(obj) or self.model

@@ -12,9 +12,7 @@ from cfgw import families, routes
 def outcome(flow: http.HTTPFlow, meta: dict) -> str:
     if flow.error:
         return failure(flow.error.msg)
-    if not meta.get("url"):
-        return "local"
-    return "cut" if meta.get("truncated") else "ok"
+    return "ok" if meta.get("url") else "local"
 
 
 def failure(message: str) -> str:
