@@ -8,7 +8,7 @@ from radon.complexity import cc_visit
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [ROOT / "addons" / "cf_gateway.py", *sorted((ROOT / "addons" / "cfgw").glob("*.py"))]
-AVERAGE_LIMIT = 3.7  # where the code stands today; the aim is 3.5, so lower this, never raise it
+AVERAGE_LIMIT = 3.5  # radon's average over both addons, as `radon cc -a` counts it
 VIEW = [ROOT / "addons" / "llm_view.py", *sorted((ROOT / "addons" / "llmview").glob("*.py"))]
 
 

@@ -48,7 +48,7 @@ def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:
     request = flow.request
     if request.headers.get("upgrade", "").lower() == "websocket":
         return local(flow, 426, "websocket_not_supported", "this proxy speaks HTTP only: use HTTPS/SSE")
-    if request.path == "/healthz" and request.method in ("GET", "HEAD"):
+    if is_health_check(request):
         return http.Response.make(200, b"ok\n", {"content-type": "text/plain"})
     if request.method == "OPTIONS":
         return preflight(flow, s)
@@ -56,6 +56,10 @@ def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:
     if refused and flow.is_replay != "request":
         return local(flow, 403, "cross_site_request", refused)
     return None
+
+
+def is_health_check(request: http.Request) -> bool:
+    return request.path == "/healthz" and request.method in ("GET", "HEAD")
 
 
 def check_key(flow: http.HTTPFlow, s: Settings) -> http.Response | str | None:
@@ -118,17 +122,22 @@ def browser_refusal(flow: http.HTTPFlow, s: Settings) -> str | None:
     key is the guard. DNS rebinding shows as a foreign Host; cross-site pages as Origin or
     Sec-Fetch-Site.
     """
-    if not s.token or s.proxy_keys:
+    if not s.unguarded:
         return None
-    try:
-        host = urlsplit("//" + (flow.request.host_header or "")).hostname or ""
-    except ValueError:  # not a host at all, such as "[::1"
-        host = flow.request.host_header or ""
+    host = host_name(flow.request.host_header or "")
     if not own_host(host, flow.client_conn.sockname[0], s.allowed_hosts):
         return f"Host {host!r} is not this proxy: add it to cf_allowed_hosts (env CF_ALLOWED_HOSTS)"
     if cross_site(flow.request.headers, s.allowed_origins):
         return "cross-site browser requests are refused: add the origin to cf_allowed_origins"
     return None
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port; a malformed one ("[::1") as it came."""
+    try:
+        return urlsplit("//" + host_header).hostname or ""
+    except ValueError:
+        return host_header
 
 
 def own_host(host: str, listener: str, allowed: frozenset[str]) -> bool:
@@ -151,16 +160,19 @@ def cross_site(headers: http.Headers, allowed: frozenset[str]) -> bool:
 
 def check_listeners(s: Settings, modes: Sequence[str], listen_host: str) -> None:
     """Refuse to inject a credential without access keys where others could reach it."""
-    if not s.token or s.proxy_keys or s.open_proxy:
-        return
-    for spec in modes:
-        mode = mode_specs.ProxyMode.parse(spec)
-        if not (isinstance(mode, mode_specs.ReverseMode) and is_loopback(listen_address(mode, listen_host))):
-            raise ValueError(
-                f"cf-gateway: refusing to inject the token for anyone who can reach the listener {spec!r}: "
-                "set access keys (PROXY_KEYS), listen only on 127.0.0.1 in reverse mode (HOST_ADDR=127.0.0.1 "
-                "with run.sh), or set cf_open_proxy=on (env CF_OPEN_PROXY) if something else guards it"
-            )
+    exposed = [spec for spec in modes if reachable(spec, listen_host)]
+    if s.unguarded and not s.open_proxy and exposed:
+        raise ValueError(
+            f"cf-gateway: refusing to inject the token for anyone who can reach the listener {exposed[0]!r}: "
+            "set access keys (PROXY_KEYS), listen only on 127.0.0.1 in reverse mode (HOST_ADDR=127.0.0.1 "
+            "with run.sh), or set cf_open_proxy=on (env CF_OPEN_PROXY) if something else guards it"
+        )
+
+
+def reachable(spec: str, listen_host: str) -> bool:
+    """Whether others could reach a listener: any but a reverse listener on loopback."""
+    mode = mode_specs.ProxyMode.parse(spec)
+    return not (isinstance(mode, mode_specs.ReverseMode) and is_loopback(listen_address(mode, listen_host)))
 
 
 def listen_address(mode: mode_specs.ProxyMode, listen_host: str) -> str:

@@ -97,6 +97,11 @@ class Settings:
         return f"/v1/{self.account_id}/{self.gateway_id}"
 
     @property
+    def unguarded(self) -> bool:
+        """Whether the proxy injects a credential for anyone who reaches it (no access keys)."""
+        return bool(self.token) and not self.proxy_keys
+
+    @property
     def drop_client_keys(self) -> bool:
         """Whether clients' Authorization/x-api-key are removed before forwarding."""
         if self.proxy_keys or self.api == "rest" or self.provider_keys == "drop":
@@ -164,6 +169,11 @@ def given_problems(deferred: dict) -> list[str]:
 def unused_variables(environ: Mapping[str, str | None]) -> list[str]:
     """CF_* variables no option reads (a typo, or a setting that no longer exists)."""
     return sorted(k for k in environ if k.startswith("CF_") and k not in ENV_NAMES)
+
+
+def is_literal(value: str) -> bool:
+    """A secret option holding the secret itself, not where it comes from."""
+    return bool(value) and not value.startswith("@") and not FROM_RE.fullmatch(value)
 
 
 def read_secret(value: str, environ: Mapping[str, str | None]) -> str:
@@ -252,29 +262,23 @@ def parse_max_connections(value: str) -> int:
 
 def parse_settings(values: Mapping[str, str], environ: Mapping[str, str | None]) -> Settings:
     """Settings from option values; ValueError names the option and its variable."""
-    parsed: dict[str, object] = {}
 
     def field(name: str, parse):
-        o = BY_NAME[name]
         try:
             return parse(values[name])
         except ValueError as e:
-            raise ValueError(option_error(o, str(e))) from None
-
-    def secret(name: str) -> str:
-        return field(name, lambda v: parse_token(read_secret(v, environ)))
+            raise ValueError(option_error(BY_NAME[name], str(e))) from None
 
     api = field("cf_api", lambda v: parse_choice(v, "gateway", "rest"))
-    parsed["account_id"] = field("cf_account_id", _account_id)
-    parsed["gateway_id"] = field("cf_gateway_id", _gateway_id)
-    parsed["token"] = secret("cf_api_token") if api == "rest" else secret("cf_token")
-    if api == "rest" and not parsed["token"]:
-        raise ValueError(option_error(BY_NAME["cf_api_token"], "must be set with cf_api=rest"))
+    token_option = "cf_api_token" if api == "rest" else "cf_token"
     keys = values["cf_proxy_keys"]
-    source = f"file {keys[1:]}" if keys.startswith("@") else "list"
-    parsed["proxy_keys"] = field("cf_proxy_keys", lambda v: parse_keys(read_secret(v, environ), source))
-    return Settings(
+    keys_source = f"file {keys[1:]}" if keys.startswith("@") else "list"
+    settings = Settings(
+        account_id=field("cf_account_id", _account_id),
+        gateway_id=field("cf_gateway_id", _gateway_id),
         api=api,
+        token=field(token_option, lambda v: parse_token(read_secret(v, environ))),
+        proxy_keys=field("cf_proxy_keys", lambda v: parse_keys(read_secret(v, environ), keys_source)),
         provider_keys=field("cf_provider_keys", lambda v: parse_choice(v, "auto", "forward", "drop")),
         open_proxy=field("cf_open_proxy", lambda v: parse_choice(v, "on", "off")) == "on",
         origin=field("cf_base_url", lambda v: parse_origin(v, api)),
@@ -285,11 +289,21 @@ def parse_settings(values: Mapping[str, str], environ: Mapping[str, str | None])
         allowed_origins=field("cf_allowed_origins", parse_list),
         max_connections=field("cf_max_connections", parse_max_connections),
         record=values["cf_record"],
-        replay=field("cf_replay", lambda v: _readable(v) if not (v and values["cf_record"]) else _both()),
+        replay=field("cf_replay", _readable),
         replay_ignore=field("cf_replay_ignore", parse_list),
         replay_report=values["cf_replay_report"],
-        **parsed,  # type: ignore[arg-type]
     )
+    check_together(settings)
+    return settings
+
+
+def check_together(s: Settings) -> None:
+    """Settings that are each fine but cannot go together."""
+    if s.api == "rest" and not s.token:
+        raise ValueError(option_error(BY_NAME["cf_api_token"], "must be set with cf_api=rest"))
+    if s.record and s.replay:
+        problem = "and cf_record cannot both be set: a replay has nothing new to record"
+        raise ValueError(option_error(BY_NAME["cf_replay"], problem))
 
 
 def _account_id(value: str) -> str:
@@ -302,10 +316,6 @@ def _gateway_id(value: str) -> str:
     if not (len(value) <= 64 and GATEWAY_RE.fullmatch(value)):
         raise ValueError(f"must be 1-64 of a-z 0-9 _ with single '-' between, got {value!r}")
     return value
-
-
-def _both() -> str:
-    raise ValueError("and cf_record cannot both be set: a replay has nothing new to record")
 
 
 def _readable(value: str) -> str:

@@ -76,9 +76,9 @@ def cloudflare_error(obj: object, status: int) -> tuple[int, str, str | None] | 
 
 
 def _first_error(items: list, obj: dict) -> tuple[int, str]:
-    first = items[0] if items and isinstance(items[0], dict) else {}
-    code = first["code"] if isinstance(first.get("code"), int) else 0
-    return code, str(first.get("message") or obj.get("message") or "error")
+    first = next((item for item in items if isinstance(item, dict)), {})
+    code = first.get("code")
+    return code if type(code) is int else 0, str(first.get("message") or obj.get("message") or "error")
 
 
 def reshaped(family: str, status: int, body: bytes) -> tuple[bytes, int, str | None] | None:
@@ -150,19 +150,24 @@ def fix_model(flow: http.HTTPFlow, api: str, meta: dict) -> None:
     The REST API wants author/model, while Claude Code and Codex send bare names; the
     gateway's provider routes want bare names. Only a plain JSON object body is rewritten.
     """
-    request = flow.request
-    if request.headers.get("content-encoding") or not request.raw_content:
-        return
-    try:
-        obj = json.loads(request.raw_content)
-    except (ValueError, RecursionError):
-        return
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), str):
+    obj = json_object(flow.request)
+    if not isinstance(obj.get("model"), str):
         return
     meta["model"] = wanted = model_spelling(obj["model"], meta["family"], api)
     if wanted != obj["model"]:
         obj["model"] = wanted
-        request.content = json.dumps(obj, ensure_ascii=False).encode()
+        flow.request.content = json.dumps(obj, ensure_ascii=False).encode()
+
+
+def json_object(request: http.Request) -> dict:
+    """A plain (not content-encoded) JSON object body, else an empty dict."""
+    if request.headers.get("content-encoding") or not request.raw_content:
+        return {}
+    try:
+        obj = json.loads(request.raw_content)
+    except (ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def model_spelling(model: str, family: str, api: str) -> str:

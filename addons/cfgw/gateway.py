@@ -101,7 +101,7 @@ class CfGateway:
         """A secret typed into an option moves to the environment; the option shows its source."""
         for o in config.OPTIONS:
             value = getattr(ctx.options, o.name)  # the update below hid the ones after it already
-            if o.secret and value and not value.startswith("@") and not config.FROM_RE.fullmatch(value):
+            if o.secret and config.is_literal(value):
                 log.warning(
                     f"cf-gateway: {o.name} was given literally: every local user can read it in the "
                     f"process list; use {o.env} in the environment or .env, or {o.name}=@/path/to/file"
@@ -126,18 +126,24 @@ class CfGateway:
     def open_files(self, s: Settings, old: Settings | None) -> None:
         """Open only what changed (a recording opened again starts over), the new before the
         old is closed: a change refused with ValueError keeps the old."""
-        if old is None or s.log_file != old.log_file:
-            handler = logs.file_handler(s.log_file, self.secret_filter) if s.log_file else None
-            self.close_log_file()
-            if handler:
-                self.file_handler = handler
-                request_log.addHandler(handler)
-        if old is None or s.record != old.record:
-            recording = replay.Recording(s.record) if s.record else None
-            self.close_recording()
-            self.recording = recording
-        if old is None or (s.replay, s.replay_ignore) != (old.replay, old.replay_ignore):
+        if changed(s, old, "log_file"):
+            self.set_log_file(s.log_file)
+        if changed(s, old, "record"):
+            self.set_recording(s.record)
+        if changed(s, old, "replay", "replay_ignore"):
             self.replayer = replay.Replayer.load(s.replay, s.replay_ignore) if s.replay else None
+
+    def set_log_file(self, path: str) -> None:
+        handler = logs.file_handler(path, self.secret_filter) if path else None
+        self.close_log_file()
+        if handler:
+            self.file_handler = handler
+            request_log.addHandler(handler)
+
+    def set_recording(self, path: str) -> None:
+        recording = replay.Recording(path) if path else None
+        self.close_recording()
+        self.recording = recording
 
     def close_files(self) -> None:
         self.close_log_file()
@@ -192,10 +198,7 @@ class CfGateway:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not is_reverse(flow) or flow.response:
             return
-        previous = flow.metadata.get(META, {})
-        flow.metadata[META] = {"start": time.time()}
-        if flow.is_replay == "request" and previous.get("target"):  # its path is the upstream's now
-            flow.metadata[META]["target"] = previous["target"]
+        flow.metadata[META] = fresh_meta(flow)
         answer = admission.answer(flow, self.settings, self.metrics)
         if isinstance(answer, http.Response):
             flow.response = answer
@@ -239,12 +242,17 @@ class CfGateway:
         auth.mask_headers(flow.request.headers)
         admission.allow_origin(flow, self.settings)
         if meta.get("url") and "text/event-stream" in flow.response.headers.get("content-type", ""):
-            meta["stream"] = True
-            recorder = Recorder(flow, self.settings.record_limit)
-            if meta["url"].startswith("replay:"):
-                recorder.read_whole(flow.response.raw_content or b"")
-            flow.response.stream = recorder
-            self.metrics.streams.inc()
+            self.record_stream(flow, meta, self.settings.record_limit)
+
+    def record_stream(self, flow: http.HTTPFlow, meta: dict, limit: int) -> None:
+        """Relay the event stream live through a Recorder; a replayed one is read whole now."""
+        assert flow.response
+        meta["stream"] = True
+        recorder = Recorder(flow, limit)
+        if meta["url"].startswith("replay:"):
+            recorder.read_whole(flow.response.raw_content or b"")
+        flow.response.stream = recorder
+        self.metrics.streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -292,9 +300,7 @@ class CfGateway:
         """One record per flow: the log line, metrics, the flow comment, the recording."""
         self.in_flight.pop(flow.id, None)
         auth.mask_headers(flow.request.headers)  # answered locally, a flow never had its response head
-        if flow.response and isinstance(flow.response.stream, Recorder):
-            self.metrics.streams.dec()
-            meta.update(flow.response.stream.summary())
+        self.end_stream(flow, meta)
         record = summary.record(flow, meta)
         if record["path"] in ("/healthz", "/metrics") and record["status"] == 200:
             return
@@ -304,9 +310,28 @@ class CfGateway:
         if self.recording and meta.get("url"):
             self.recording.add(flow)
 
+    def end_stream(self, flow: http.HTTPFlow, meta: dict) -> None:
+        if flow.response and isinstance(flow.response.stream, Recorder):
+            self.metrics.streams.dec()
+            meta.update(flow.response.stream.summary())
+
     def write_line(self, record: dict) -> None:
         line = logs.request_line(record, self.settings.log_format if self.settings else "text")
         request_log.log(logging.INFO if record["outcome"] in ("ok", "local") else logging.WARNING, line)
+
+
+def fresh_meta(flow: http.HTTPFlow) -> dict:
+    """What the addon knows of a flow; a mitmweb replay keeps its client's target (its path is
+    the upstream's now)."""
+    meta: dict = {"start": time.time()}
+    target = flow.metadata.get(META, {}).get("target")
+    if flow.is_replay == "request" and target:
+        meta["target"] = target
+    return meta
+
+
+def changed(new: Settings, old: Settings | None, *names: str) -> bool:
+    return old is None or any(getattr(new, n) != getattr(old, n) for n in names)
 
 
 def raise_fd_limit() -> None:

@@ -115,6 +115,10 @@ def request_line(record: dict, fmt: str) -> str:
     if fmt == "json":
         fields = {k: v for k, v in record.items() if k != "answer_model"}
         return json.dumps({"time": timestamp(), **fields}, separators=(",", ":"))
+    return text_line(record)
+
+
+def text_line(record: dict) -> str:
     words = [
         record["method"],
         record["path"],

@@ -58,10 +58,9 @@ class Metrics:
         for kind in ("input", "output", "cached", "cache_creation"):
             if f"{kind}_tokens" in record:
                 self.tokens.labels(model, kind).inc(record[f"{kind}_tokens"])
-        if record["outcome"] == "upstream_failed":
-            self.upstream_errors.labels(record["family"]).inc()
-        elif record["outcome"] == "client_closed":
-            self.client_disconnects.labels(record["family"]).inc()
+        failures = {"upstream_failed": self.upstream_errors, "client_closed": self.client_disconnects}
+        if record["outcome"] in failures:
+            failures[record["outcome"]].labels(record["family"]).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -69,19 +69,22 @@ def differing(a: dict, b: dict) -> list[str]:
     return sorted(f for f in {*a, *b} if a.get(f) != b.get(f))
 
 
+def replayable(flow: http.HTTPFlow) -> bool:
+    """A failed or cut exchange is never replayed as if whole."""
+    meta = flow.metadata.get(META, {})
+    return flow.response is not None and not flow.error and not meta.get("truncated") and "upstream" in meta
+
+
 class Replayer:
     def __init__(self, flows: list[http.HTTPFlow], ignore: frozenset[str]) -> None:
         self.ignore = ignore
         self.recorded: dict[tuple, collections.deque[http.HTTPFlow]] = collections.defaultdict(
             collections.deque
         )
-        self.skipped = 0
-        for f in flows:
-            meta = f.metadata.get(META, {})
-            if f.response is None or f.error or meta.get("truncated") or "upstream" not in meta:
-                self.skipped += 1  # a failed or cut exchange is never replayed as if whole
-                continue
-            self.recorded[self.key(f, meta)].append(f)
+        whole = [f for f in flows if replayable(f)]
+        self.skipped = len(flows) - len(whole)
+        for f in whole:
+            self.recorded[self.key(f, f.metadata[META])].append(f)
         self.total = sum(len(q) for q in self.recorded.values())
         self.used = 0
         self.unmatched: list[str] = []

@@ -38,16 +38,21 @@ def record(flow: http.HTTPFlow, meta: dict) -> dict:
         "duration_ms": round((time.time() - meta["start"]) * 1000),
         "bytes": meta.get("bytes", len(response.raw_content or b"")),
     }
-    for field, header in (("cache", "cf-aig-cache-status"), ("log_id", "cf-aig-log-id")):
-        if header in response.headers:
-            out[field] = response.headers[header]
     out.update(token_fields(meta.get("usage") or {}, family))
-    if meta.get("gateway_code") is not None:
-        out["gateway_code"] = meta["gateway_code"]
-    if flow.error:
-        out["error"] = flow.error.msg
+    out.update(known_fields(flow, meta, response))
     out["answer_model"] = meta.get("answer_model")  # for the metrics' model label only
     return out
+
+
+def known_fields(flow: http.HTTPFlow, meta: dict, response: http.Response) -> dict:
+    """The fields that only some flows have: Cloudflare's headers and code, mitmproxy's error."""
+    fields = {
+        "cache": response.headers.get("cf-aig-cache-status"),
+        "log_id": response.headers.get("cf-aig-log-id"),
+        "gateway_code": meta.get("gateway_code"),
+        "error": flow.error.msg if flow.error else None,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def token_fields(usage: dict[str, int], family: str) -> dict[str, int]:
