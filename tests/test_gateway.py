@@ -288,3 +288,16 @@ def test_a_report_that_cannot_be_written_is_an_error_not_a_crash(tmp_path, caplo
     with flows.loaded(cf_replay=str(recording), cf_replay_report=str(report)) as (_, gw):
         gw.done()
     assert "cannot write the replay report" in caplog.text
+
+
+def test_a_flow_loaded_from_a_file_is_not_counted_again(caplog):
+    """mitmproxy runs the hooks for flows it loads (-r); they were finished when they were saved."""
+    with flows.loaded(**WITH_TOKEN) as (_, gw):
+        f = sent(gw, reverse_flow(body={"model": "openai/gpt-4o"}))
+        f.response = json_response(CHAT_ANSWER)
+        gw.responseheaders(f)
+        gw.response(f)
+        loaded = f.copy()
+        gw.responseheaders(loaded)
+        gw.response(loaded)
+    assert len(request_lines(caplog)) == 1

@@ -56,8 +56,14 @@ def test_recording_writes_masked_flows_that_mitmproxy_reads(tmp_path):
 
 
 def test_recording_that_cannot_open_names_the_option(tmp_path):
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match=r"cf_record \(env CF_RECORD\) cannot open"):
-        Recording(str(tmp_path / "no" / "such" / "dir.flows"))
+        Recording(str(tmp_path / "a-file" / "flows.mitm"))
+
+
+def test_a_recording_gets_its_folder(tmp_path):
+    Recording(str(tmp_path / "recordings" / "agent.mitm")).close()
+    assert (tmp_path / "recordings" / "agent.mitm").exists()
 
 
 def test_match_ignores_key_order_whitespace_and_ignored_fields():

@@ -83,3 +83,15 @@ def test_the_demo_refuses_a_taken_port(tmp_path):
         )  # fmt: skip
     assert out.returncode == 1
     assert f"port {port} is taken" in out.stderr
+
+
+def test_the_demo_in_mitmweb_loads_the_llm_view():
+    from tests import demo
+    from tests.standin_gateway import StandinGateway
+
+    gw = StandinGateway().start()
+    try:
+        assert str(ROOT / "addons" / "llm_view.py") in demo.proxy_command("mitmweb", 3000, gw, [])
+        assert str(ROOT / "addons" / "llm_view.py") not in demo.proxy_command("mitmdump", 3000, gw, [])
+    finally:
+        gw.stop()

@@ -53,7 +53,7 @@ OPTIONS = (
     Option("cf_replay_report", "CF_REPLAY_REPORT", "", "Write the replay summary (JSON) here at shutdown."),
 )  # fmt: skip
 BY_NAME = {o.name: o for o in OPTIONS}
-ENV_NAMES = {o.env for o in OPTIONS} | {"HOST_PORT", "HOST_ADDR"}
+ENV_NAMES = {o.env for o in OPTIONS} | {"HOST_PORT", "HOST_ADDR", "CF_PYTHON", "CF_DRY_RUN"}  # run.sh's
 
 GATEWAY_ORIGIN = "https://gateway.ai.cloudflare.com"
 REST_ORIGIN = "https://api.cloudflare.com"
@@ -307,6 +307,8 @@ def check_together(s: Settings) -> None:
 
 
 def _account_id(value: str) -> str:
+    if not value:
+        raise ValueError("is required: your Cloudflare account id (set ACCOUNT_ID in .env)")
     if not ACCOUNT_RE.fullmatch(value):
         raise ValueError(f"must be 32 lowercase hexadecimal characters, got {value!r}")
     return value

@@ -236,7 +236,7 @@ class CfGateway:
         flow.request.host_header = url_hostport(flow.request.scheme, flow.request.host, flow.request.port)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        meta = flow.metadata.get(META)
+        meta = live_meta(flow)
         if meta is None or not flow.response or not self.settings:
             return
         auth.mask_headers(flow.request.headers)
@@ -255,7 +255,7 @@ class CfGateway:
         self.metrics.streams.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
-        meta = flow.metadata.get(META)
+        meta = live_meta(flow)
         if meta is None or not flow.response:
             return
         if meta.get("url") and not meta.get("stream"):
@@ -264,7 +264,7 @@ class CfGateway:
         self.finish(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        meta = flow.metadata.get(META)
+        meta = live_meta(flow)
         if meta is None:
             return
         auth.mask_headers(flow.request.headers)
@@ -298,6 +298,7 @@ class CfGateway:
 
     def finish(self, flow: http.HTTPFlow, meta: dict) -> None:
         """One record per flow: the log line, metrics, the flow comment, the recording."""
+        meta["done"] = True
         self.in_flight.pop(flow.id, None)
         auth.mask_headers(flow.request.headers)  # answered locally, a flow never had its response head
         self.end_stream(flow, meta)
@@ -318,6 +319,13 @@ class CfGateway:
     def write_line(self, record: dict) -> None:
         line = logs.request_line(record, self.settings.log_format if self.settings else "text")
         request_log.log(logging.INFO if record["outcome"] in ("ok", "local") else logging.WARNING, line)
+
+
+def live_meta(flow: http.HTTPFlow) -> dict | None:
+    """The addon's record of a flow it has not finished yet; a flow loaded from a file (-r) was
+    finished before it was saved."""
+    meta = flow.metadata.get(META)
+    return None if meta is None or meta.get("done") else meta
 
 
 def fresh_meta(flow: http.HTTPFlow) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import exceptions, http, io
@@ -34,6 +35,7 @@ class Recording:
 
     def __init__(self, path: str) -> None:
         try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "wb")
         except OSError as e:
             raise ValueError(
