@@ -47,7 +47,12 @@ def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:
     """Answers anyone gets: WebSocket refusal, health, CORS preflights, the browser guard."""
     request = flow.request
     if request.headers.get("upgrade", "").lower() == "websocket":
-        return local(flow, 426, "websocket_not_supported", "this proxy speaks HTTP only: use HTTPS/SSE")
+        return local(
+            flow,
+            426,
+            "websocket_not_supported",
+            "this proxy does not relay WebSockets: send HTTP requests (streamed with server-sent events)",
+        )
     if is_health_check(request):
         return http.Response.make(200, b"ok\n", {"content-type": "text/plain"})
     if request.method == "OPTIONS":
