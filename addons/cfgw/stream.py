@@ -8,14 +8,12 @@ the token usage from the events as they complete, so usage is exact past the lim
 from __future__ import annotations
 
 import json
-import re
 
 from mitmproxy import http
 
 from cfgw import families
 
 MAX_EVENT = 1 << 20  # an event longer than this is relayed but not read for usage
-BLANK_LINE = re.compile(rb"\r?\n\r?\n")  # the end of an event
 
 
 class Recorder:
@@ -61,20 +59,23 @@ class Recorder:
     def read(self, chunk: bytes) -> None:
         """Split complete events off the pending bytes and read those that may carry usage.
 
-        Only the new bytes (and the 3 before them, where a blank line may have begun) are
-        searched, so a chunk costs its own length however long the pending event is.
+        Line ends are made LF (a CRLF may be split between chunks). Only the new bytes (and
+        the one before them) are searched, so a chunk costs its own length however long the
+        pending event is.
         """
-        start = max(0, len(self.pending) - 3)
-        self.pending += chunk
+        if self.pending.endswith(b"\r") and chunk.startswith(b"\n"):
+            del self.pending[-1:]
+        start = max(0, len(self.pending) - 1)
+        self.pending += chunk.replace(b"\r\n", b"\n")
         end = 0
-        for m in BLANK_LINE.finditer(self.pending, start):
-            event = bytes(self.pending[end : m.start()])
-            end = m.end()
+        while (found := self.pending.find(b"\n\n", start)) >= 0:
+            event = bytes(self.pending[end:found])
+            end = start = found + 2
             if b'"usage"' in event or (self.model is None and b'"model"' in event):
                 self.read_event(event)
         del self.pending[:end]
         if len(self.pending) > MAX_EVENT:
-            del self.pending[:-3]
+            del self.pending[:-1]
 
     def read_event(self, event: bytes) -> None:
         data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
