@@ -35,10 +35,10 @@ def test_unconfigured_answers_503_in_the_familys_shape():
 
 
 @pytest.mark.parametrize("path", ["/v1/responses", "/healthz", "/"])
-@pytest.mark.parametrize("upgrade", ["websocket", "WebSocket"])
+@pytest.mark.parametrize("upgrade", ["websocket", "WebSocket", "websocket, x", "websocket2", "TLS/1.2"])
 def test_websocket_upgrade_gets_426(path, upgrade):
     f = reverse_flow(path, method="GET", headers={"upgrade": upgrade, "connection": "Upgrade"})
-    response = answer(f, KEYS)  # before the key check too: Codex switches to HTTPS at once
+    response = answer(f, KEYS)  # before the key check too: Codex switches to HTTP at once
     assert response.status_code == 426
     assert error_of(response)["code"] == "websocket_not_supported"
 
@@ -246,3 +246,29 @@ def test_replay_whose_client_keys_are_dropped_anyway_can_be_sent():
     f = reverse_flow(headers={"authorization": "Bearer ********abcd"})
     f.is_replay = "request"
     assert admission.unrestorable(f, TOKEN) is None
+
+
+def test_an_h2c_upgrade_offer_is_not_refused():
+    """curl --http2 on http:// offers h2c; mitmproxy answers in HTTP/1.1, which is fine."""
+    f = reverse_flow(headers={"upgrade": "h2c", "authorization": f"Bearer {KEY}"})
+    assert answer(f, KEYS) is None
+
+
+@pytest.mark.parametrize(("version", "method", "killed"), [
+    ("HTTP/2.0", "POST", True), ("HTTP/3", "POST", True),
+    ("HTTP/2.0", "GET", False), ("HTTP/1.1", "POST", False),
+])  # fmt: skip
+def test_a_keyless_body_of_unknown_size_is_cut_off(version, method, killed):
+    """An HTTP/2 or HTTP/3 body without content-length ends with its stream: its size is unknown
+    until it has all been read, so it is not read for a 401."""
+    f = reverse_flow(method=method)
+    f.request.http_version = version
+    f.request.headers.pop("content-length", None)
+    result = answer(f, KEYS)
+    assert (result == admission.KILL) is killed
+    assert killed or result.status_code == 401
+
+
+def test_sec_fetch_site_is_compared_without_case():
+    f = reverse_flow(body={"model": "m"}, headers={"sec-fetch-site": "Cross-Site"})
+    assert answer(f, TOKEN).status_code == 403

@@ -386,6 +386,56 @@ def test_missing_key_uploads_do_not_pile_up_in_memory(shared, gw):
     assert gw.requests == []
 
 
+def test_missing_key_http2_bodies_without_a_length_are_cut_off(shared, gw):
+    """Bound: 6 HTTP/2 streams of 8 MB each without a key and without content-length (their size
+    is unknown until read) raise the proxy's peak RSS by less than 30 MB (read, they take 48 MB)."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    tls.set_alpn_protocols(["h2"])
+    peak = vm(shared.proc.pid, "VmHWM")
+    with tls.wrap_socket(socket.create_connection(("127.0.0.1", shared.port), timeout=5)) as s:
+        assert s.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        head = [(":method", "POST"), (":path", "/v1/chat/completions"), (":scheme", "https"),
+                (":authority", "127.0.0.1"), ("content-type", "application/json")]  # fmt: skip
+        streams = [conn.get_next_available_stream_id() for _ in range(6)]
+        for sid in streams:
+            conn.send_headers(sid, head)
+        s.sendall(conn.data_to_send())
+        chunk, sent, answered = b"x" * 16384, 0, set()
+        deadline = time.monotonic() + 20
+        while sent < 6 * (8 << 20) and time.monotonic() < deadline and len(answered) < 6:
+            for sid in streams:
+                if sid not in answered and conn.local_flow_control_window(sid) >= len(chunk):
+                    conn.send_data(sid, chunk)
+                    sent += len(chunk)
+            try:
+                s.sendall(conn.data_to_send())
+                s.settimeout(0.01)
+                data = s.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                break  # the connection was cut: what should happen
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamReset | h2.events.ResponseReceived):
+                    answered.add(event.stream_id)
+    grown = vm(shared.proc.pid, "VmHWM") - peak
+    assert grown < 30 << 20, f"peak RSS grew by {grown >> 20} MB"
+    assert sent < 6 * (8 << 20), "every body was read"
+    assert healthz(shared) == 200
+    assert gw.requests == []
+
+
 # -- (6) metric labels ---------------------------------------------------------------------------
 
 

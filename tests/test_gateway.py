@@ -7,7 +7,7 @@ import logging
 import re
 
 import pytest
-from mitmproxy import exceptions, flow, io
+from mitmproxy import exceptions, flow, http, io
 from mitmproxy.test import tflow
 
 from cfgw import auth
@@ -301,3 +301,11 @@ def test_a_flow_loaded_from_a_file_is_not_counted_again(caplog):
         gw.responseheaders(loaded)
         gw.response(loaded)
     assert len(request_lines(caplog)) == 1
+
+
+def test_an_upgrade_the_upstream_accepts_anyway_is_cut_off():
+    with flows.loaded(**WITH_TOKEN) as (_, gw):
+        f = sent(gw, reverse_flow(body={"model": "openai/gpt-4o"}))
+        f.response = http.Response.make(101, b"", {"upgrade": "websocket", "connection": "upgrade"})
+        gw.responseheaders(f)
+        assert f.error and f.error.msg == flow.Error.KILLED_MESSAGE

@@ -46,7 +46,7 @@ def answer(flow: http.HTTPFlow, s: Settings | None, metrics: Metrics) -> http.Re
 def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:
     """Answers anyone gets: WebSocket refusal, health, CORS preflights, the browser guard."""
     request = flow.request
-    if request.headers.get("upgrade", "").lower() == "websocket":
+    if request.headers.get("upgrade", "h2c").lower() != "h2c":  # WebSocket or anything that leaves HTTP
         return local(
             flow,
             426,
@@ -95,15 +95,25 @@ def after_keys(flow: http.HTTPFlow, s: Settings, metrics: Metrics) -> http.Respo
 
 def refuse_key(flow: http.HTTPFlow) -> http.Response | str:
     """401 for a missing or wrong access key; a large or unsized body is not read for it."""
-    headers = flow.request.headers
-    length = headers.get("content-length", "" if "transfer-encoding" in headers else "0")  # chunked: unsized
-    if not length.isdigit() or int(length) > SMALL_BODY:
+    length = body_length(flow.request)
+    if length is None or length > SMALL_BODY:
         return KILL
     return local(
         flow, 401, "invalid_proxy_key",
         "a valid access key is required (Authorization: Bearer <key>, or x-api-key)",
         **{"www-authenticate": 'Bearer realm="cf-gateway"'},
     )  # fmt: skip
+
+
+def body_length(request: http.Request) -> int | None:
+    """The body's size as its headers declare it; None when they cannot tell (HTTP/1 chunked,
+    or an HTTP/2 or HTTP/3 request without content-length, whose body ends with its stream)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        return int(length) if length.isdigit() else None
+    if request.http_version.startswith("HTTP/1"):
+        return None if "transfer-encoding" in request.headers else 0
+    return 0 if request.method in ("GET", "HEAD") else None
 
 
 def preflight(flow: http.HTTPFlow, s: Settings) -> http.Response:
@@ -160,7 +170,7 @@ def allow_origin(flow: http.HTTPFlow, s: Settings | None) -> None:
 
 def cross_site(headers: http.Headers, allowed: frozenset[str]) -> bool:
     origin = headers.get("origin", "").lower()
-    return bool(origin and origin not in allowed) or headers.get("sec-fetch-site") == "cross-site"
+    return bool(origin and origin not in allowed) or headers.get("sec-fetch-site", "").lower() == "cross-site"
 
 
 def check_listeners(s: Settings, modes: Sequence[str], listen_host: str) -> None:

@@ -49,10 +49,10 @@ def mask(value: str) -> str:
 
 def mask_headers(headers: http.Headers) -> None:
     """Mask every secret header value in place (all occurrences of each name)."""
+    present = {name.lower() for name in headers}
     for name in SECRET_HEADERS:
-        values = headers.get_all(name)
-        if values:
-            headers.set_all(name, [mask(v) for v in values])
+        if name in present:
+            headers.set_all(name, [mask(v) for v in headers.get_all(name)])
 
 
 def is_masked(value: str) -> bool:

@@ -9,6 +9,7 @@ saved option files show no secret.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 import resource
@@ -88,6 +89,12 @@ class Settings:
     replay: str
     replay_ignore: frozenset[str]
     replay_report: str
+
+    @functools.cached_property
+    def address(self) -> tuple[str, str, int]:
+        """The origin as (scheme, host, port), for mitmproxy's request setters."""
+        parts = urlsplit(self.origin)
+        return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def prefix(self) -> str:

@@ -75,6 +75,7 @@ class CfGateway:
         for name in config.unused_variables(self.environ):
             log.warning(f"cf-gateway: {name} is set but no option reads it (a typo, or a dropped setting?)")
         logs.add_filter(logging.getLogger().handlers, self.secret_filter)
+        logs.add_filter(logs.legacy_relays(), logs.NOT_REQUEST_LINES)
         logs.add_filter(ACCEPT_LOGGERS, self.accept_errors)
 
     def configure(self, updated: set[str]) -> None:
@@ -168,6 +169,7 @@ class CfGateway:
             self.write_report(self.settings.replay_report)
         self.close_files()
         logs.remove_filter(logging.getLogger().handlers, self.secret_filter)
+        logs.remove_filter(logs.legacy_relays(), logs.NOT_REQUEST_LINES)
         logs.remove_filter(ACCEPT_LOGGERS, self.accept_errors)
 
     def write_report(self, path: str) -> None:
@@ -228,18 +230,23 @@ class CfGateway:
         headers = flow.request.headers
         auth.set_credentials(headers, s)
         headers["accept-encoding"] = "identity"  # usage is read from the answer's plain bytes
-        url = s.origin + s.prefix + meta["upstream"]
-        meta["url"] = url.partition("?")[0]
+        path = s.prefix + meta["upstream"]
+        meta["url"] = s.origin + path.partition("?")[0]
         self.in_flight[flow.id] = flow
-        flow.request.url = url  # the last step: only now can the flow leave the machine
-        # with keep_host_header an HTTP/1.0 request may have no Host for the URL to update
-        flow.request.host_header = url_hostport(flow.request.scheme, flow.request.host, flow.request.port)
+        request = flow.request
+        request.path = path
+        request.scheme, request.host, request.port = s.address  # the last step: now it can leave
+        # with keep_host_header an HTTP/1.0 request may have no Host for the setters to update
+        request.host_header = url_hostport(request.scheme, request.host, request.port)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = live_meta(flow)
         if meta is None or not flow.response or not self.settings:
             return
         auth.mask_headers(flow.request.headers)
+        if flow.response.status_code == 101:  # no upgrade is ever relayed: nothing to pile up in memory
+            flow.kill()
+            return
         admission.allow_origin(flow, self.settings)
         if meta.get("url") and "text/event-stream" in flow.response.headers.get("content-type", ""):
             self.record_stream(flow, meta, self.settings.record_limit)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from mitmproxy import log as mitmproxy_log
+
 REQUESTS = "cf_gateway.requests"
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but tab, line breaks too
 # Credentials a client may put where mitmproxy quotes it: a header line, a query parameter.
@@ -80,6 +82,21 @@ class AcceptErrors(logging.Filter):
             record.msg, record.args = f"{record.getMessage()} ({self.suppressed} like it suppressed)", ()
             self.suppressed = 0
         return True
+
+
+class NotRequestLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != REQUESTS
+
+
+NOT_REQUEST_LINES = NotRequestLines()
+
+
+def legacy_relays() -> list[logging.Handler]:
+    """mitmproxy's relay of every log record to the deprecated ``add_log`` event, which runs an
+    event through every addon for each line: request lines skip it (a script still on
+    ``add_log`` can add a logging handler for them)."""
+    return [h for h in logging.getLogger().handlers if isinstance(h, mitmproxy_log.LegacyLogEvents)]
 
 
 def add_filter(handlers: Iterable[logging.Filterer], f: logging.Filter) -> None:
