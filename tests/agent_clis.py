@@ -52,7 +52,7 @@ CODEX_SHELL_TOOL = "exec_command"
 # `additional_tools` input item, which the stand-in does not call.
 CODEX_MODEL = "gpt-5.5"
 # Placeholder keys in the shape the stand-in (like the providers) accepts.
-ANTHROPIC_PLACEHOLDER_KEY = "sk-ant-api03-standin-placeholder"
+ANTHROPIC_PLACEHOLDER_KEY = "sk-ant-placeholder"
 
 INSTALL_HINT = (
     "`./run.sh test` installs them (npm ci --prefix tests/agents, from tests/agents/package-lock.json). "

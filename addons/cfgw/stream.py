@@ -69,13 +69,17 @@ class Recorder:
         self.pending += chunk.replace(b"\r\n", b"\n")
         end = 0
         while (found := self.pending.find(b"\n\n", start)) >= 0:
-            event = bytes(self.pending[end:found])
+            if self.may_tell(end, found):
+                self.read_event(bytes(self.pending[end:found]))
             end = start = found + 2
-            if b'"usage"' in event or (self.model is None and b'"model"' in event):
-                self.read_event(event)
         del self.pending[:end]
         if len(self.pending) > MAX_EVENT:
             del self.pending[:-1]
+
+    def may_tell(self, start: int, end: int) -> bool:
+        """Whether the pending event between start and end may carry usage or the model."""
+        found = self.pending.find(b'"usage"', start, end) >= 0
+        return found or (self.model is None and self.pending.find(b'"model"', start, end) >= 0)
 
     def read_event(self, event: bytes) -> None:
         data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
