@@ -131,6 +131,7 @@ def start_proxy(
 ) -> Proxy:
     """Start mitmdump in reverse mode in front of ``upstream`` and wait until it listens."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="cfgw-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     opts = {"cf_account_id": account_id, "cf_gateway_id": gateway_id, "cf_base_url": upstream}
     opts.update(options or {})

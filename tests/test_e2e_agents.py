@@ -9,7 +9,9 @@ proxied ones that they do not share is the proxy's. The CLIs come from tests/age
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from tests.agent_clis import (
     run_codex,
     tool_result_text,
 )
+from tests.harness import GATEWAY_ID, quick_env, start_proxy
 from tests.standin_gateway import TOOL_RESULT_REPLY, Recorded, StandinGateway
 
 TIMEOUT = 120  # per CLI run; a turn takes 1-3 s here
@@ -164,3 +167,80 @@ def test_codex_builtin_provider_through_proxy(proxy, gw, tmp_path) -> None:
         f"Codex retried the WebSocket upgrade before falling back to HTTP ({elapsed:.1f} s)\n"
         f"{result.stderr[-3000:]}"
     )
+
+
+# ---- through the proxy, with Cloudflare's REST API upstream ---------------------------
+
+
+@pytest.fixture(scope="module")
+def rest_proxy(gateway, tmp_path_factory):
+    """cf_api=rest with the stand-in's Cloudflare API token."""
+    p = start_proxy(
+        gateway.base_url,
+        options={"cf_api": "rest"},
+        env=quick_env(CLOUDFLARE_API_TOKEN=gateway.api_token),
+        workdir=tmp_path_factory.mktemp("rest-proxy"),
+    )
+    yield p
+    p.stop()
+
+
+def _rest_calls(gw: StandinGateway, calls: list[Recorded], author: str) -> None:
+    """The documented REST path's calls carry the API token, the gateway and author/model names."""
+    for call in calls:
+        assert call.authorization == f"Bearer {gw.api_token}"
+        assert call.aig_gateway_id == GATEWAY_ID
+        assert call.json()["model"].startswith(author), call.json()["model"]
+
+
+def test_claude_code_through_the_rest_api(rest_proxy, gw, tmp_path) -> None:
+    """Claude Code sends bare model names; the REST API gets anthropic/<name>."""
+    _require_clis()
+    result, _ = _run(run_claude, rest_proxy.url, tmp_path, PROMPT)
+    calls = _assert_turn(result, list(gw.requests), "/ai/v1/messages")
+    _rest_calls(gw, calls, "anthropic/")
+
+
+def test_codex_through_the_rest_api(rest_proxy, gw, tmp_path) -> None:
+    """Codex sends bare OpenAI names; the REST API gets openai/<name>."""
+    _require_clis()
+    result, _ = _run(run_codex, rest_proxy.url + "/v1", tmp_path, PROMPT)
+    calls = _assert_turn(result, list(gw.requests), "/ai/v1/responses")
+    _rest_calls(gw, calls, "openai/")
+
+
+# ---- recorded once, replayed with no upstream ----------------------------------------
+
+
+def test_claude_code_session_recorded_then_replayed_offline(tmp_path) -> None:
+    """A tool-using turn recorded through the proxy, then replayed with the stand-in stopped and
+    another key: the same closing text, every request matched, and no secret in the file."""
+    _require_clis()
+    recording, report, work = tmp_path / "claude.mitm", tmp_path / "report.json", tmp_path / "agent"
+    with StandinGateway(require_token=TOKEN) as upstream:
+        recorder = start_proxy(
+            upstream.base_url, options={"cf_record": str(recording)}, env=quick_env(CF_AIG_TOKEN=TOKEN),
+            workdir=tmp_path / "record",
+        )  # fmt: skip
+        try:
+            first, _ = _run(run_claude, recorder.url, work, PROMPT, env={"ANTHROPIC_API_KEY": "sk-ant-first"})
+        finally:
+            recorder.stop()
+        dead_url = upstream.base_url
+    assert first.returncode == 0 and REPLY_RE.search(first.stdout), first.stdout + first.stderr
+    shutil.rmtree(work)  # the same folder again: Claude Code puts it in its system prompt
+    replayer = start_proxy(
+        dead_url, options={"cf_replay": str(recording), "cf_replay_report": str(report)},
+        env=quick_env(CF_AIG_TOKEN="another-token"), workdir=tmp_path / "replay",
+    )  # fmt: skip
+    try:
+        second, _ = _run(run_claude, replayer.url, work, PROMPT, env={"ANTHROPIC_API_KEY": "sk-ant-second"})
+    finally:
+        replayer.stop()
+    summary = json.loads(report.read_text())
+    assert second.returncode == 0, second.stdout + second.stderr + replayer.output()
+    assert second.stdout == first.stdout
+    assert summary["unmatched"] == 0 and summary["used"] >= 2, summary
+    saved = recording.read_bytes()
+    for secret in (TOKEN, "sk-ant-first"):
+        assert secret.encode() not in saved
