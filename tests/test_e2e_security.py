@@ -405,9 +405,10 @@ def test_missing_key_http2_bodies_without_a_length_are_cut_off(shared, gw):
         conn.initiate_connection()
         head = [(":method", "POST"), (":path", "/v1/chat/completions"), (":scheme", "https"),
                 (":authority", "127.0.0.1"), ("content-type", "application/json")]  # fmt: skip
-        streams = [conn.get_next_available_stream_id() for _ in range(6)]
-        for sid in streams:
-            conn.send_headers(sid, head)
+        streams = []
+        for _ in range(6):
+            streams.append(conn.get_next_available_stream_id())
+            conn.send_headers(streams[-1], head)
         s.sendall(conn.data_to_send())
         chunk, sent, answered = b"x" * 16384, 0, set()
         deadline = time.monotonic() + 20
