@@ -272,3 +272,22 @@ def test_run_sh_replay_strict_exit_status(session, standin, tmp_path):
     else:
         assert f"{SESSIONS} used, 0 unused, 0 unmatched" in output
         assert status == 0, output
+
+
+def test_a_recording_opens_in_the_llm_view(session):
+    """What a reviewer sees in mitmweb (-r FILE): every recorded request and answer as a transcript."""
+    from mitmproxy import io
+    from mitmproxy.contentviews import Metadata
+
+    from llmview.view import PRIORITY, LLMView
+
+    view = LLMView()
+    with open(session.recording, "rb") as f:
+        flows = list(io.FlowReader(f).stream())
+    assert flows
+    for flow in flows:
+        for message in (flow.request, flow.response):
+            media_type = message.headers.get("content-type", "").partition(";")[0]  # as mitmproxy passes it
+            meta = Metadata(flow=flow, content_type=media_type, http_message=message)
+            assert view.render_priority(message.content, meta) == PRIORITY, (flow.request.path, message)
+            assert view.prettify(message.content, meta).strip()
