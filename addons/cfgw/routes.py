@@ -36,11 +36,11 @@ GATEWAY_ROUTES = (  # (client path under /v1, family, upstream path under the pr
     ("/responses", "responses", "/openai/responses"),
     ("/chat/completions", "chat", "/compat/chat/completions"),
 )
-REST_ROUTES = {
-    "/messages": ("messages", "/ai/v1/messages"),
-    "/responses": ("responses", "/ai/v1/responses"),
-    "/chat/completions": ("chat", "/ai/v1/chat/completions"),
-    "/ai/run": ("run", "/ai/run"),
+REST_ROUTES = {  # client path under /v1 -> upstream path under the prefix
+    "/messages": "/ai/v1/messages",
+    "/responses": "/ai/v1/responses",
+    "/chat/completions": "/ai/v1/chat/completions",
+    "/ai/run": "/ai/run",
 }
 
 
@@ -90,7 +90,7 @@ def rest_path(sub: str) -> str:
             f"Cloudflare's REST API has no {sub} (it serves /v1/chat/completions, /v1/responses, "
             "/v1/messages and /ai/run); with cf_api=gateway the proxy serves it through AI Gateway",
         )  # fmt: skip
-    return REST_ROUTES[sub][1]
+    return REST_ROUTES[sub]
 
 
 def gateway_path(sub: str) -> str:
