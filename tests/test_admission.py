@@ -170,14 +170,6 @@ def test_refused_route_answers_in_the_familys_shape():
 
 
 @pytest.mark.parametrize(
-    ("path", "status"), [("/", 200), ("/healthz", 200), ("/metrics", 200), ("/v1/v1/models", 404)]
-)
-def test_head_gets_headers_only(path, status):
-    response = answer(reverse_flow(path, method="HEAD"), TOKEN)
-    assert response.status_code == status and response.raw_content == b""
-
-
-@pytest.mark.parametrize(
     ("modes", "listen_host"),
     [
         (["regular@127.0.0.1:8080"], ""),

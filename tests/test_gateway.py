@@ -309,3 +309,15 @@ def test_an_upgrade_the_upstream_accepts_anyway_is_cut_off():
         f.response = http.Response.make(101, b"", {"upgrade": "websocket", "connection": "upgrade"})
         gw.responseheaders(f)
         assert f.error and f.error.msg == flow.Error.KILLED_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/", 200), ("/healthz", 200), ("/metrics", 200), ("/v1/v1/models", 404)]
+)
+def test_head_gets_headers_only(path, status):
+    with flows.loaded(**WITH_TOKEN) as (_, gw):
+        f = reverse_flow(path, method="HEAD")
+        gw.requestheaders(f)
+        gw.response(f)
+        response = f.response
+    assert response.status_code == status and response.raw_content == b""

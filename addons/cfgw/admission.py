@@ -24,23 +24,17 @@ CORS_HEADERS = "authorization, content-type, x-api-key, anthropic-version, anthr
 
 
 def local(flow: http.HTTPFlow, status: int, code: str, message: str, **headers: str) -> http.Response:
-    """An answer in the error shape of the client's family (HEAD: headers only)."""
+    """An answer in the error shape of the client's family."""
     family = routes.family_of(flow.request.path)
     body = families.error_body(family, status, code, message)
-    response = http.Response.make(status, body, {"content-type": "application/json", **headers})
-    if flow.request.method == "HEAD":
-        response.content = b""
-    return response
+    return http.Response.make(status, body, {"content-type": "application/json", **headers})
 
 
 def answer(flow: http.HTTPFlow, s: Settings | None, metrics: Metrics) -> http.Response | str | None:
     """The local answer for a request, KILL to cut it off unread, or None to admit it."""
     if s is None:
         return local(flow, 503, "not_configured", "cf-gateway has no valid configuration; see its log")
-    found = before_keys(flow, s) or check_key(flow, s) or after_keys(flow, s, metrics)
-    if isinstance(found, http.Response) and flow.request.method == "HEAD":
-        found.raw_content = b""  # headers only: mitmproxy would send a body after them
-    return found
+    return before_keys(flow, s) or check_key(flow, s) or after_keys(flow, s, metrics)
 
 
 def before_keys(flow: http.HTTPFlow, s: Settings) -> http.Response | None:

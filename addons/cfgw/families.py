@@ -47,6 +47,14 @@ COUNTS = (  # (name in the proxy's records, where each family reports it)
 )  # fmt: skip
 
 
+def parse_json(body: bytes) -> Any:
+    """A JSON body, or None when it is not JSON (or nested past Python's limit)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
 def error_body(family: str, status: int, code: str | int | None, message: str) -> bytes:
     """An error in the family's own shape, so each SDK raises its usual exception."""
     if family == "messages":
@@ -83,10 +91,7 @@ def _first_error(items: list, obj: dict) -> tuple[int, str]:
 
 def reshaped(family: str, status: int, body: bytes) -> tuple[bytes, int, str | None] | None:
     """A Cloudflare error body in the family's shape: (body, Cloudflare's code, hint); else None."""
-    try:
-        found = cloudflare_error(json.loads(body), status)
-    except (ValueError, RecursionError):
-        return None
+    found = cloudflare_error(parse_json(body), status)
     if found is None:
         return None
     code, message, hint = found
@@ -163,10 +168,7 @@ def json_object(request: http.Request) -> dict:
     """A plain (not content-encoded) JSON object body, else an empty dict."""
     if request.headers.get("content-encoding") or not request.raw_content:
         return {}
-    try:
-        obj = json.loads(request.raw_content)
-    except (ValueError, RecursionError):
-        return {}
+    obj = parse_json(request.raw_content)
     return obj if isinstance(obj, dict) else {}
 
 

@@ -268,6 +268,8 @@ class CfGateway:
         if meta.get("url") and not meta.get("stream"):
             self.read_answer(flow, meta)
         admission.allow_origin(flow, self.settings)  # again: local answers have no response head hook
+        if flow.request.method == "HEAD":  # headers only: mitmproxy would send a body after them
+            flow.response.raw_content = b""
         self.finish(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -287,7 +289,7 @@ class CfGateway:
         if response.status_code >= 400:
             self.reshape_error(response, body, meta)
             return
-        obj = replay.parse_json(body)
+        obj = families.parse_json(body)
         meta["usage"] = families.usage_of(obj)
         meta["answer_model"] = families.model_of(obj)
 

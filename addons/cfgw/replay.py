@@ -13,21 +13,13 @@ import collections
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from mitmproxy import exceptions, http, io
 
-from cfgw import admission, auth
+from cfgw import admission, auth, families
 
 log = logging.getLogger("cf_gateway")
 META = "cf_gateway"
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
-        return None
 
 
 class Recording:
@@ -54,7 +46,7 @@ class Recording:
 
 def canonical(body: bytes, ignore: frozenset[str]) -> str:
     """A request body as matching sees it: sorted keys, no whitespace, ignored fields left out."""
-    obj = parse_json(body) if body else None
+    obj = families.parse_json(body) if body else None
     if not isinstance(obj, dict):
         return body.decode("utf-8", "replace")
     return json.dumps(
@@ -63,7 +55,7 @@ def canonical(body: bytes, ignore: frozenset[str]) -> str:
 
 
 def fields(body: str) -> dict:
-    obj = parse_json(body.encode())
+    obj = families.parse_json(body.encode())
     return obj if isinstance(obj, dict) else {}
 
 

@@ -7,8 +7,6 @@ the token usage from the events as they complete, so usage is exact past the lim
 
 from __future__ import annotations
 
-import json
-
 from mitmproxy import http
 
 from cfgw import families
@@ -83,9 +81,6 @@ class Recorder:
 
     def read_event(self, event: bytes) -> None:
         data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
-            return
+        obj = families.parse_json(data)
         self.usage.update(families.usage_of(obj))
         self.model = families.model_of(obj) or self.model
